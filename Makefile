@@ -1,0 +1,90 @@
+# Every target bootstraps what it needs: a fresh machine needs only python3 (>= 3.11) and make.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+SAM_VERSION := 1.170.0
+TOOLS := .tools
+UV := $(TOOLS)/uv/bin/uv
+SAM := $(TOOLS)/sam/bin/sam
+VENV := .venv
+VENV313 := .venv-py313
+# The Lambda runtime's Python (3.13): on PATH, else from pyenv. The suite runs on it too,
+# and `sam build` needs it on PATH.
+PY313 ?= $(shell command -v python3.13 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1)
+
+export UV_PYTHON_DOWNLOADS := never
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: help env dev test test-unit test-integration test-e2e test-infra test-py313 lint format bench build deploy lock clean
+
+help:
+	@echo "make dev     run the bundle locally (API on http://127.0.0.1:3000)"
+	@echo "make test    run the whole test suite (Python 3.11, then 3.13 when available)"
+	@echo "make lint | bench | build | deploy | lock | clean"
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --python $(PYTHON)
+	@touch $@
+
+env: $(VENV)/.synced
+
+$(VENV313)/.synced: $(UV) pyproject.toml uv.lock
+	UV_PROJECT_ENVIRONMENT=$(VENV313) $(UV) sync --locked --python $(PY313)
+	@touch $@
+
+# The SAM CLI pins its own dependencies, so it lives in its own tool environment.
+$(SAM): $(UV)
+	$(UV) venv --quiet --python $(PYTHON) $(TOOLS)/sam
+	$(UV) pip install --quiet --python $(TOOLS)/sam/bin/python aws-sam-cli==$(SAM_VERSION)
+
+dev: env
+	$(VENV)/bin/lambdaloop dev
+
+test: env
+	@command -v redis-server >/dev/null || echo "note: no redis-server on PATH; tests that kill a real Redis are skipped (.ci/run installs it)"
+	$(VENV)/bin/pytest
+	@if [ -n "$(PY313)" ]; then $(MAKE) --no-print-directory test-py313; \
+	else echo "note: python3.13 not found; the suite ran on $$($(PYTHON) --version) only"; fi
+
+test-py313: $(VENV313)/.synced
+	$(VENV313)/bin/pytest -q
+
+test-unit test-integration test-e2e test-infra: env
+	$(VENV)/bin/pytest tests/$(subst test-,,$@)
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: env
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: env
+	$(VENV)/bin/python bench/coldstart.py
+
+# The layer's requirements are exported from the lock so the deployed layer and the local
+# environment run the same versions.
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
+	$(UV) export --no-dev --no-emit-project --no-hashes --no-header --no-annotate --quiet \
+		--output-file shared/requirements.txt
+
+build: $(SAM)
+	@test -n "$(PY313)" || { echo "sam build needs python3.13 on PATH"; exit 1; }
+	PATH="$(dir $(PY313)):$$PATH" $(SAM) validate --lint
+	PATH="$(dir $(PY313)):$$PATH" $(SAM) build --parallel
+
+deploy: build
+	$(SAM) deploy --guided
+
+clean:
+	rm -rf $(VENV) $(VENV313) .aws-sam .pytest_cache .mypy_cache .ruff_cache

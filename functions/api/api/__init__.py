@@ -1,0 +1,1 @@
+"""The HTTP API function: FastAPI behind API Gateway HTTP API, via Mangum."""

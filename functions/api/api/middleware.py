@@ -1,0 +1,97 @@
+"""Request context for every call: ids, correlation, the deadline, the last-resort 500.
+
+A pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.problems import internal_error, problem, request_id_var
+from lambdaloop.observability import set_correlation_id
+from lambdaloop.runtime import current_deadline
+
+__all__ = ["RequestContextMiddleware"]
+
+logger = logging.getLogger(__name__)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text if _SAFE_ID.match(text) else None
+    return None
+
+
+def _request_id(scope: Scope) -> str:
+    event: dict[str, Any] = scope.get("aws.event") or {}
+    from_gateway = event.get("requestContext", {}).get("requestId")
+    if isinstance(from_gateway, str) and from_gateway:
+        return from_gateway
+    return _header(scope, b"x-request-id") or uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Sets request and correlation ids (logged and returned as headers), bounds the request
+    by the invocation's deadline (504), and turns an unhandled error into a 500 problem."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        correlation_id = _header(scope, b"x-correlation-id") or request_id
+        request_id_var.set(request_id)
+        set_correlation_id(correlation_id)
+        ids = [
+            (b"x-request-id", request_id.encode()),
+            (b"x-correlation-id", correlation_id.encode()),
+        ]
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_ids(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *ids]
+            await send(message)
+
+        deadline = asyncio.timeout(current_deadline().timeout())
+        try:
+            async with deadline:
+                await self.app(scope, receive, send_with_ids)
+        except Exception as exc:
+            if response_started:
+                raise
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                response = problem(504, "The request did not finish in time")
+            else:
+                response = internal_error(scope["method"], scope["path"], exc)
+            await response(scope, receive, send_with_ids)
+        finally:
+            logger.info(
+                "%s %s -> %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )

@@ -1,0 +1,107 @@
+"""RFC 9457 problem details: the one place where errors become HTTP statuses."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lambdaloop.errors import DeadlineExceeded, DependencyError, LambdaloopError
+
+__all__ = [
+    "PROBLEM_JSON",
+    "install_problem_handlers",
+    "internal_error",
+    "problem",
+    "request_id_var",
+]
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+#: The current request's id, set by the request-context middleware, echoed in problems.
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "api_request_id", default=None
+)
+
+
+def problem(
+    status: int,
+    detail: str | None = None,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    """A problem+json response; ``type`` is about:blank, so the title is the status phrase."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    request_id = request_id_var.get()
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extensions)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _field(location: Sequence[int | str]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    if exc.status_code == HTTPStatus.NOT_FOUND and detail is None:
+        detail = f"No resource at {request.url.path}"
+    return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "field": _field(error.get("loc", ())),
+            "message": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
+        for error in exc.errors()
+    ]
+    if any(error["type"] == "json_invalid" for error in errors):
+        return problem(400, "The request body is not valid JSON", title="Malformed request body")
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem(422, detail, title="Request validation failed", errors=errors)
+
+
+async def _layer_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DeadlineExceeded):
+        return problem(504, "The request did not finish in time")
+    if isinstance(exc, DependencyError):
+        logger.warning("dependency failure: %s", exc)
+        return problem(
+            503, f"A dependency is unavailable: {exc.dependency}", headers={"Retry-After": "1"}
+        )
+    return internal_error(request.method, request.url.path, exc)
+
+
+def internal_error(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """500 without a traceback in the body; the traceback goes to the log, once."""
+    logger.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return problem(500, "The server could not complete the request")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(LambdaloopError, _layer_error)

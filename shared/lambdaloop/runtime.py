@@ -1,0 +1,267 @@
+"""One event loop per execution environment, invocation scopes, deadlines and task tracking.
+
+Lambda reuses a process for many invocations and freezes it between them. Clients bound to
+a loop (redis.asyncio, aiohttp) must therefore live on one loop for the life of the process,
+and nothing started by an invocation may still be running when its response is returned.
+
+- :func:`get_loop` creates the environment's loop once and makes it current; every
+  invocation runs on it (``asyncio.run`` per invocation would close it and kill the clients).
+- :func:`lambda_handler` turns ``async def handler(event, context)`` into a Lambda handler.
+- :func:`invocation` is the scope both use: it builds the :class:`Deadline` from the Lambda
+  context and a :class:`TaskRegistry`; every task created during the invocation, by our code
+  or a library, is tracked, and when the handler is done the stragglers are awaited until
+  the deadline and then cancelled, so none leaks into the next invocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from lambdaloop.errors import DeadlineExceeded
+from lambdaloop.observability import flush_metrics
+from lambdaloop.settings import get_runtime_settings
+
+__all__ = [
+    "Deadline",
+    "Invocation",
+    "LambdaContext",
+    "SettleReport",
+    "TaskRegistry",
+    "current_deadline",
+    "current_invocation",
+    "get_loop",
+    "invocation",
+    "lambda_handler",
+    "spawn",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+E = TypeVar("E")
+
+#: How long cancelled tasks get to run their cleanup before they are abandoned.
+_CANCEL_GRACE_S = 0.25
+
+
+class LambdaContext(Protocol):
+    """The part of the Lambda context object the runtime relies on."""
+
+    aws_request_id: str
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A point on the monotonic clock by which the work must be done.
+
+    Built from the Lambda context minus a safety margin, so that there is still time to
+    cancel, report and return before Lambda kills the environment.
+    """
+
+    expires_at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    @classmethod
+    def never(cls) -> Deadline:
+        return cls(math.inf)
+
+    @classmethod
+    def from_context(cls, context: object, margin_s: float) -> Deadline:
+        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+        if remaining_ms is None:
+            return cls.never()
+        return cls.after(max(0.0, remaining_ms() / 1000 - margin_s))
+
+    def remaining(self) -> float:
+        """Seconds left (0 when expired, ``inf`` for :meth:`never`)."""
+        return max(0.0, self.expires_at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.expires_at
+
+    def timeout(self, cap: float | None = None) -> float | None:
+        """The time left, capped, in the form asyncio's timeouts take (``None`` = no limit)."""
+        left = self.remaining()
+        if cap is not None:
+            left = min(left, cap)
+        return None if math.isinf(left) else left
+
+
+@dataclass(frozen=True, slots=True)
+class SettleReport:
+    finished: int
+    cancelled: tuple[str, ...]
+    failed: tuple[str, ...]
+
+
+class TaskRegistry:
+    """The tasks created during one invocation (the loop's task factory records them)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        if not task.done():
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @property
+    def pending(self) -> frozenset[asyncio.Task[Any]]:
+        return frozenset(t for t in self._tasks if not t.done())
+
+    async def settle(self, deadline: Deadline) -> SettleReport:
+        """Await the tracked tasks until ``deadline``, then cancel the rest.
+
+        Tasks may spawn more tasks while they finish, so this repeats until none is left.
+        Exceptions of finished tasks are logged (never "exception was never retrieved").
+        """
+        me = asyncio.current_task()
+        finished: list[asyncio.Task[Any]] = []
+        cancelled: list[str] = []
+        while pending := self.pending - {me}:
+            done, not_done = await asyncio.wait(pending, timeout=deadline.timeout())
+            finished.extend(done)
+            if not_done:
+                for task in not_done:
+                    task.cancel()
+                    cancelled.append(task.get_name())
+                await asyncio.wait(not_done, timeout=_CANCEL_GRACE_S)
+                self._tasks.difference_update(not_done)
+        failed = tuple(_log_failure(t) for t in finished if _failed(t))
+        if cancelled:
+            logger.warning(
+                "cancelled %d task(s) left running at the end of the invocation: %s",
+                len(cancelled),
+                ", ".join(cancelled),
+            )
+        return SettleReport(len(finished), tuple(cancelled), failed)
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return not task.cancelled() and task.exception() is not None
+
+
+def _log_failure(task: asyncio.Task[Any]) -> str:
+    logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+    return task.get_name()
+
+
+@dataclass(slots=True)
+class Invocation:
+    """What the runtime knows about the invocation in progress."""
+
+    request_id: str
+    deadline: Deadline
+    tasks: TaskRegistry = field(default_factory=TaskRegistry)
+
+    async def run(self, work: Awaitable[T]) -> T:
+        """Await ``work``, cancelling it if it runs into the deadline."""
+        try:
+            return await asyncio.wait_for(work, timeout=self.deadline.timeout())
+        except TimeoutError:
+            raise DeadlineExceeded(f"invocation {self.request_id} ran into its deadline") from None
+
+
+_current: contextvars.ContextVar[Invocation] = contextvars.ContextVar("lambdaloop_invocation")
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _task_factory(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
+    **kwargs: Any,
+) -> asyncio.Task[Any]:
+    task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+    # The factory runs in the creator's context, so this finds the creator's invocation.
+    current = _current.get(None)
+    if current is not None:
+        current.tasks.track(task)
+    return task
+
+
+def get_loop() -> asyncio.AbstractEventLoop:
+    """The execution environment's event loop: created once, then reused by every invocation.
+
+    It is also made the current loop of the calling thread, for libraries that look it up
+    with ``asyncio.get_event_loop()`` (Mangum does, and warns on 3.13 when none is set).
+    """
+    global _loop  # noqa: PLW0603 - the one loop of the execution environment
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+        _loop.set_task_factory(_task_factory)
+    asyncio.set_event_loop(_loop)
+    return _loop
+
+
+def current_invocation() -> Invocation:
+    """The invocation in progress; ``RuntimeError`` outside one."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("not inside a lambdaloop invocation") from None
+
+
+def current_deadline() -> Deadline:
+    """The deadline of the invocation in progress, or :meth:`Deadline.never` outside one."""
+    found = _current.get(None)
+    return found.deadline if found is not None else Deadline.never()
+
+
+def spawn(work: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+    """Start ``work`` as a task of the current invocation (awaited or cancelled at its end)."""
+    current_invocation()
+    return asyncio.get_running_loop().create_task(work, name=name)
+
+
+@contextlib.contextmanager
+def invocation(context: object) -> Iterator[Invocation]:
+    """The scope of one invocation, entered from the (synchronous) Lambda handler.
+
+    On exit, tasks the invocation left behind are settled on the loop before the handler
+    returns: after that the environment may be frozen at any moment.
+    """
+    loop = get_loop()
+    margin = get_runtime_settings().deadline_margin_s
+    request_id = str(getattr(context, "aws_request_id", "") or "local")
+    current = Invocation(request_id, Deadline.from_context(context, margin))
+    token = _current.set(current)
+    try:
+        yield current
+    finally:
+        try:
+            loop.run_until_complete(current.tasks.settle(current.deadline))
+            flush_metrics()
+        finally:
+            _current.reset(token)
+
+
+def lambda_handler(
+    fn: Callable[[E, Any], Awaitable[T]],
+) -> Callable[[E, Any], T]:
+    """Turn ``async def handler(event, context)`` into a Lambda handler on the environment loop.
+
+    The coroutine is cancelled with :class:`~lambdaloop.errors.DeadlineExceeded` if it runs
+    past the deadline, leaving the safety margin to report instead of being killed.
+    """
+
+    @functools.wraps(fn)
+    def handler(event: E, context: Any) -> T:
+        with invocation(context) as current:
+            return get_loop().run_until_complete(current.run(fn(event, context)))
+
+    return handler
