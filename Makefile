@@ -10,9 +10,12 @@ UV := $(TOOLS)/uv/bin/uv
 SAM := $(TOOLS)/sam/bin/sam
 VENV := .venv
 VENV313 := .venv-py313
-# The Lambda runtime's Python (3.13): on PATH, else from pyenv. The suite runs on it too,
-# and `sam build` needs it on PATH.
-PY313 ?= $(shell command -v python3.13 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1)
+# The Lambda runtime's Python (3.13): pyenv's real binary first (its shims, put first on
+# PATH for `sam build`, would call pyenv recursively), else python3.13 on PATH. The suite
+# runs on it too, and `sam build` needs it on PATH.
+PYENV_DIR := $(or $(PYENV_ROOT),$(HOME)/.pyenv)
+PY313 ?= $(firstword $(wildcard $(PYENV_DIR)/versions/3.13*/bin/python3.13) \
+	$(shell command -v python3.13 2>/dev/null))
 
 export UV_PYTHON_DOWNLOADS := never
 export SAM_CLI_TELEMETRY := 0

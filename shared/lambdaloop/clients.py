@@ -145,9 +145,10 @@ def _build_http() -> aiohttp.ClientSession:
 
 
 async def aclose_clients() -> None:
-    """Close the loop-bound clients (tests and the local emulator's shutdown).
+    """Close the loop-bound clients and forget every client built so far.
 
-    Lambda never calls this: the environment is frozen and discarded, not shut down.
+    For tests that change the environment between cases; Lambda never calls this (an
+    environment is frozen and discarded, not shut down).
     """
     loop = asyncio.get_running_loop()
     for kind, (owner, client) in list(_loop_clients.items()):
@@ -158,3 +159,6 @@ async def aclose_clients() -> None:
             await client.aclose()
         else:
             await client.close()
+    with _aws_lock:
+        _aws_clients.clear()
+    _session.cache_clear()

@@ -7,13 +7,17 @@ adapters below are the real ones, and tests pass fakes with the same shape.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lambdaloop.clients import aws_client, redis_client, run_blocking
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 __all__ = [
     "CheckResult",
@@ -62,18 +66,29 @@ async def _check(name: str, probe: Probe, timeout_s: float) -> CheckResult:
         logger.warning("health check %s timed out after %.2f s", name, timeout_s)
         return CheckResult("timeout", elapsed(), "TimeoutError")
     except Exception as exc:  # a probe reports any failure of its dependency as unhealthy
-        logger.warning("health check %s failed: %s", name, type(exc).__name__, exc_info=exc)
-        return CheckResult("error", elapsed(), type(exc).__name__)
+        status: CheckStatus = "timeout" if _is_timeout(exc) else "error"
+        logger.warning("health check %s: %s: %s", name, type(exc).__name__, exc)
+        return CheckResult(status, elapsed(), type(exc).__name__)
     return CheckResult("ok", elapsed())
 
 
-def dynamodb_probe(table_name: str) -> Probe:
+def _is_timeout(exc: BaseException) -> bool:
+    # SDKs have their own timeout types (redis.exceptions.TimeoutError, botocore's
+    # ReadTimeoutError/ConnectTimeoutError), none of them the builtin TimeoutError.
+    return any("Timeout" in cls.__name__ for cls in type(exc).__mro__)
+
+
+# The probe factories build (or import) their client up front: a probe's timeout should
+# measure its dependency, not a cold import of boto3 or redis-py on a busy loop.
+
+
+def dynamodb_probe(table_name: str, client: Any = None) -> Probe:
     """A GetItem on a key that never exists: the data plane, with read permissions only."""
+    dynamodb = client or aws_client("dynamodb")
 
     async def probe() -> object:
-        client = aws_client("dynamodb")
         return await run_blocking(
-            client.get_item,
+            dynamodb.get_item,
             TableName=table_name,
             Key={"pk": {"S": "health#probe"}, "sk": {"S": "health#probe"}},
             ProjectionExpression="pk",
@@ -82,18 +97,22 @@ def dynamodb_probe(table_name: str) -> Probe:
     return probe
 
 
-def redis_probe() -> Probe:
+def redis_probe(client: redis.asyncio.Redis | None = None) -> Probe:
+    if client is None:
+        importlib.import_module("redis.asyncio")
+
     async def probe() -> object:
-        return await redis_client().ping()
+        return await (client or redis_client()).ping()
 
     return probe
 
 
-def sqs_probe(queue_url: str) -> Probe:
+def sqs_probe(queue_url: str, client: Any = None) -> Probe:
+    sqs = client or aws_client("sqs")
+
     async def probe() -> object:
-        client = aws_client("sqs")
         return await run_blocking(
-            client.get_queue_attributes,
+            sqs.get_queue_attributes,
             QueueUrl=queue_url,
             AttributeNames=["ApproximateNumberOfMessages"],
         )

@@ -9,8 +9,9 @@ and nothing started by an invocation may still be running when its response is r
 - :func:`lambda_handler` turns ``async def handler(event, context)`` into a Lambda handler.
 - :func:`invocation` is the scope both use: it builds the :class:`Deadline` from the Lambda
   context and a :class:`TaskRegistry`; every task created during the invocation, by our code
-  or a library, is tracked, and when the handler is done the stragglers are awaited until
-  the deadline and then cancelled, so none leaks into the next invocation.
+  or a library, is tracked. When the handler is done, the tasks it :func:`spawn`-ed are
+  awaited until the deadline and everything else still running is cancelled, so nothing
+  leaks into the next invocation.
 """
 
 from __future__ import annotations
@@ -110,46 +111,58 @@ class SettleReport:
 
 
 class TaskRegistry:
-    """The tasks created during one invocation (the loop's task factory records them)."""
+    """The tasks created during one invocation (the loop's task factory records them).
+
+    Tasks started with :func:`spawn` are work the invocation owns: they are awaited until
+    the deadline. Any other task still running when the handler is done (a forgotten
+    ``create_task``, a library's helper) is cancelled at once, so it never runs on in the
+    next invocation.
+    """
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._owned: set[asyncio.Task[Any]] = set()
 
-    def track(self, task: asyncio.Task[Any]) -> None:
-        if not task.done():
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def track(self, task: asyncio.Task[Any], *, owned: bool = False) -> None:
+        if task.done():
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if owned:
+            self._owned.add(task)
+            task.add_done_callback(self._owned.discard)
 
     @property
     def pending(self) -> frozenset[asyncio.Task[Any]]:
         return frozenset(t for t in self._tasks if not t.done())
 
     async def settle(self, deadline: Deadline) -> SettleReport:
-        """Await the tracked tasks until ``deadline``, then cancel the rest.
+        """Await the owned tasks until ``deadline``, then cancel whatever is left.
 
-        Tasks may spawn more tasks while they finish, so this repeats until none is left.
-        Exceptions of finished tasks are logged (never "exception was never retrieved").
+        Owned tasks may spawn more while they finish, so the wait repeats until none is
+        left. Exceptions of finished tasks are logged (never "exception was never retrieved").
         """
         me = asyncio.current_task()
         finished: list[asyncio.Task[Any]] = []
-        cancelled: list[str] = []
-        while pending := self.pending - {me}:
-            done, not_done = await asyncio.wait(pending, timeout=deadline.timeout())
+        while owned := {t for t in self._owned if not t.done()} - {me}:
+            done, _ = await asyncio.wait(owned, timeout=deadline.timeout())
             finished.extend(done)
-            if not_done:
-                for task in not_done:
-                    task.cancel()
-                    cancelled.append(task.get_name())
-                await asyncio.wait(not_done, timeout=_CANCEL_GRACE_S)
-                self._tasks.difference_update(not_done)
-        failed = tuple(_log_failure(t) for t in finished if _failed(t))
+            if not done:
+                break  # the deadline passed
+        cancelled = list(self.pending - {me})
+        for task in cancelled:
+            task.cancel()
         if cancelled:
+            await asyncio.wait(cancelled, timeout=_CANCEL_GRACE_S)
             logger.warning(
-                "cancelled %d task(s) left running at the end of the invocation: %s",
+                "cancelled %d task(s) still running at the end of the invocation: %s",
                 len(cancelled),
-                ", ".join(cancelled),
+                ", ".join(t.get_name() for t in cancelled),
             )
-        return SettleReport(len(finished), tuple(cancelled), failed)
+        self._tasks.clear()
+        self._owned.clear()
+        failed = tuple(_log_failure(t) for t in finished if _failed(t))
+        return SettleReport(len(finished), tuple(t.get_name() for t in cancelled), failed)
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:
@@ -223,9 +236,12 @@ def current_deadline() -> Deadline:
 
 
 def spawn(work: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
-    """Start ``work`` as a task of the current invocation (awaited or cancelled at its end)."""
-    current_invocation()
-    return asyncio.get_running_loop().create_task(work, name=name)
+    """Start ``work`` as a task the current invocation owns: the invocation does not end
+    before it finishes, unless the deadline comes first (then it is cancelled)."""
+    owner = current_invocation()
+    task = asyncio.get_running_loop().create_task(work, name=name)
+    owner.tasks.track(task, owned=True)
+    return task
 
 
 @contextlib.contextmanager

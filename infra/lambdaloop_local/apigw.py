@@ -1,0 +1,227 @@
+"""API Gateway HTTP API, locally: HTTP requests become payload-2.0 events for the functions.
+
+Routes come from the template's ``HttpApi`` events. The event has the shape of
+``sam local generate-event apigateway http-api-proxy``; the function's answer is mapped back
+the way API Gateway maps it (statusCode/headers/cookies/body, base64 when flagged; a result
+without statusCode is a 200 JSON body; a failed invocation is a 500).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from lambdaloop_local.context import ACCOUNT_ID
+from lambdaloop_local.functions import InvocationError
+from lambdaloop_local.template import Template
+
+__all__ = ["HttpRoute", "build_event", "http_api_routes", "make_app", "match_route"]
+
+logger = logging.getLogger(__name__)
+
+Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+#: API Gateway's payload limit for a request body.
+_MAX_BODY = 10 * 1024 * 1024
+_TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/javascript",
+    "+json",
+    "+xml",
+    "application/x-www-form-urlencoded",
+)
+_API_ID = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRoute:
+    method: str  # "ANY" or an HTTP method
+    path: str  # "/", "/users/{id}", "/{proxy+}"
+    function: str
+    pattern: re.Pattern[str]
+    #: How specific the route is: literal segments beat parameters beat a greedy proxy.
+    rank: tuple[int, int, int]
+
+    @classmethod
+    def parse(cls, method: str, path: str, function: str) -> HttpRoute:
+        pattern, rank = _compile(path)
+        return cls(method.upper(), path, function, pattern, rank)
+
+    @property
+    def route_key(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _compile(path: str) -> tuple[re.Pattern[str], tuple[int, int, int]]:
+    parts, literal, params, greedy = [], 0, 0, 0
+    for segment in path.strip("/").split("/") if path != "/" else []:
+        if segment.startswith("{") and segment.endswith("+}"):
+            parts.append(f"(?P<{segment[1:-2]}>.+)")
+            greedy += 1
+        elif segment.startswith("{") and segment.endswith("}"):
+            parts.append(f"(?P<{segment[1:-1]}>[^/]+)")
+            params += 1
+        else:
+            parts.append(re.escape(segment))
+            literal += 1
+    return re.compile("^/" + "/".join(parts) + "$"), (-greedy, literal, -params)
+
+
+def http_api_routes(template: Template) -> list[HttpRoute]:
+    """Every ``HttpApi`` event of every function, most specific first."""
+    routes = []
+    for function in template.functions():
+        for event in function.events.values():
+            if event.get("Type") != "HttpApi":
+                continue
+            properties = event.get("Properties") or {}
+            path = properties.get("Path", "/{proxy+}")
+            method = str(properties.get("Method", "ANY"))
+            routes.append(HttpRoute.parse(method, path, function.logical_id))
+    return sorted(routes, key=lambda r: (r.rank, r.method != "ANY"), reverse=True)
+
+
+def match_route(
+    routes: list[HttpRoute], method: str, path: str
+) -> tuple[HttpRoute, dict[str, str]] | None:
+    for route in routes:
+        if route.method not in ("ANY", method.upper()):
+            continue
+        found = route.pattern.match(path)
+        if found:
+            return route, found.groupdict()
+    return None
+
+
+def _is_text(content_type: str) -> bool:
+    return any(marker in content_type for marker in _TEXT_TYPES)
+
+
+def build_event(
+    route: HttpRoute,
+    path_parameters: Mapping[str, str],
+    *,
+    method: str,
+    path: str,
+    raw_query: str,
+    headers: Mapping[str, str] | list[tuple[str, str]],
+    body: bytes,
+    source_ip: str,
+) -> dict[str, Any]:
+    """A payload-2.0 event as API Gateway HTTP API sends it."""
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    merged: dict[str, str] = {}
+    cookies: list[str] = []
+    for name, value in pairs:
+        key = name.lower()
+        if key == "cookie":
+            cookies.extend(c.strip() for c in value.split(";") if c.strip())
+            continue
+        merged[key] = f"{merged[key]},{value}" if key in merged else value
+    query: dict[str, str] = {}
+    for name, value in parse_qsl(raw_query, keep_blank_values=True):
+        query[name] = f"{query[name]},{value}" if name in query else value
+    now = time.time()
+    text = _is_text(merged.get("content-type", "")) if body else True
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": route.route_key,
+        "rawPath": path,
+        "rawQueryString": raw_query,
+        "headers": merged,
+        "requestContext": {
+            "accountId": ACCOUNT_ID,
+            "apiId": _API_ID,
+            "domainName": merged.get("host", "127.0.0.1"),
+            "domainPrefix": _API_ID,
+            "http": {
+                "method": method.upper(),
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": source_ip,
+                "userAgent": merged.get("user-agent", ""),
+            },
+            "requestId": uuid.uuid4().hex,
+            "routeKey": route.route_key,
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
+        },
+        "isBase64Encoded": not text,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    if query:
+        event["queryStringParameters"] = query
+    if path_parameters:
+        event["pathParameters"] = dict(path_parameters)
+    if body:
+        event["body"] = body.decode() if text else base64.b64encode(body).decode()
+    return event
+
+
+def _gateway_error(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+def to_response(result: Any) -> web.Response:
+    """Map a function's result to HTTP the way API Gateway does for payload 2.0."""
+    if not (isinstance(result, dict) and "statusCode" in result):
+        return web.json_response(result)
+    headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
+    headers.pop("content-length", None)
+    body = result.get("body") or ""
+    payload = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode()
+    response = web.Response(status=int(result["statusCode"]), body=payload, headers=headers)
+    for cookie in result.get("cookies") or []:
+        response.headers.add("Set-Cookie", cookie)
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        for value in values:
+            response.headers.add(name, value)
+    return response
+
+
+def make_app(routes: list[HttpRoute], invoke: Invoke) -> web.Application:
+    """An aiohttp app that serves ``routes`` by invoking their functions."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        found = match_route(routes, request.method, request.path)
+        if found is None:
+            return _gateway_error(404, "Not Found")
+        route, parameters = found
+        body = await request.read()
+        event = build_event(
+            route,
+            parameters,
+            method=request.method,
+            path=request.raw_path.split("?", 1)[0],
+            raw_query=request.rel_url.raw_query_string,
+            headers=list(request.headers.items()),
+            body=body,
+            source_ip=request.remote or "127.0.0.1",
+        )
+        try:
+            result = await invoke(route.function, event)
+        except InvocationError as exc:
+            logger.error("%s failed: %s", route.function, exc)
+            return _gateway_error(500, "Internal Server Error")
+        try:
+            return to_response(result)
+        except (TypeError, ValueError) as exc:
+            logger.error("%s returned a malformed response: %s", route.function, exc)
+            return _gateway_error(500, "Internal Server Error")
+
+    app = web.Application(client_max_size=_MAX_BODY)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app

@@ -1,0 +1,163 @@
+"""The template's data resources, created in moto, and their local names and attributes.
+
+Tables, queues (with their redrive policies) and buckets come from template.yaml, never
+from a second list, so the local stack cannot drift from what is deployed. Creation is
+idempotent: a second run against the same moto finds what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lambdaloop_local.context import ACCOUNT_ID
+from lambdaloop_local.template import Resolver, Template
+
+__all__ = ["LocalResources", "Pseudo", "create_resources"]
+
+logger = logging.getLogger(__name__)
+
+_TABLE_KEYS = (
+    "AttributeDefinitions",
+    "KeySchema",
+    "GlobalSecondaryIndexes",
+    "LocalSecondaryIndexes",
+    "StreamSpecification",
+)
+# Queue attributes moto understands; the rest (SSE, policies) have no local meaning.
+_QUEUE_ATTRIBUTES = {
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "ReceiveMessageWaitTimeSeconds",
+    "FifoQueue",
+    "ContentBasedDeduplication",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Pseudo:
+    stack_name: str = "lambdaloop-local"
+    region: str = "us-east-1"
+
+    def values(self) -> dict[str, str]:
+        return {
+            "AWS::StackName": self.stack_name,
+            "AWS::Region": self.region,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::NoValue": "",
+        }
+
+
+@dataclass(slots=True)
+class LocalResources:
+    """What ``Ref`` and ``Fn::GetAtt`` give for each resource, locally."""
+
+    refs: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def resolver(self, template: Template, pseudo: Pseudo) -> Resolver:
+        return Resolver(self.refs, self.attributes, template.parameter_defaults(), pseudo.values())
+
+
+def _physical_name(logical_id: str, pseudo: Pseudo, suffix: str = "") -> str:
+    # CloudFormation's own scheme (stack-LogicalId-RANDOM), without the random part.
+    return f"{pseudo.stack_name}-{logical_id}{suffix}"
+
+
+def create_resources(
+    template: Template,
+    client: Callable[[str], Any],
+    pseudo: Pseudo,
+    cache_host: str,
+    cache_port: int,
+) -> LocalResources:
+    """Create the template's tables, queues and buckets with ``client(service)`` (boto3
+    clients pointed at moto), and return the values their intrinsics resolve to locally."""
+    local = LocalResources()
+    for logical_id in template.resources:
+        # Every resource can be Ref'd; data resources get their real values below.
+        local.refs[logical_id] = _physical_name(logical_id, pseudo)
+    for logical_id in template.of_type("AWS::ElastiCache::ServerlessCache"):
+        local.attributes[f"{logical_id}.Endpoint.Address"] = cache_host
+        local.attributes[f"{logical_id}.Endpoint.Port"] = str(cache_port)
+    resolver = local.resolver(template, pseudo)
+    _create_tables(template, client("dynamodb"), resolver, local, pseudo)
+    _create_queues(template, client("sqs"), resolver, local, pseudo)
+    _create_buckets(template, client("s3"), resolver, local, pseudo)
+    return local
+
+
+def _create_tables(
+    template: Template, client: Any, resolver: Resolver, local: LocalResources, pseudo: Pseudo
+) -> None:
+    existing = set(client.list_tables().get("TableNames", []))
+    for logical_id, resource in template.of_type("AWS::DynamoDB::Table").items():
+        props = resolver.resolve(resource.get("Properties") or {})
+        name = props.get("TableName") or _physical_name(logical_id, pseudo)
+        if name not in existing:
+            request = {key: props[key] for key in _TABLE_KEYS if key in props}
+            client.create_table(
+                TableName=name, BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"), **request
+            )
+            client.get_waiter("table_exists").wait(TableName=name)
+        arn = f"arn:aws:dynamodb:{pseudo.region}:{ACCOUNT_ID}:table/{name}"
+        local.refs[logical_id] = name
+        local.attributes[f"{logical_id}.Arn"] = arn
+        logger.debug("table %s -> %s", logical_id, name)
+
+
+def _create_queues(
+    template: Template, client: Any, resolver: Resolver, local: LocalResources, pseudo: Pseudo
+) -> None:
+    queues = template.of_type("AWS::SQS::Queue")
+    # Dead-letter queues first: a redrive policy needs its target's ARN.
+    ordered = sorted(
+        queues, key=lambda lid: "RedrivePolicy" in (queues[lid].get("Properties") or {})
+    )
+    for logical_id in ordered:
+        # The resolver reads `local` live, so each queue sees the ARNs made before it.
+        props = resolver.resolve(queues[logical_id].get("Properties") or {})
+        fifo = str(props.get("FifoQueue", "false")).lower() == "true"
+        name = props.get("QueueName") or _physical_name(logical_id, pseudo, ".fifo" if fifo else "")
+        attributes = {
+            key: str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in props.items()
+            if key in _QUEUE_ATTRIBUTES
+        }
+        if "RedrivePolicy" in props:
+            attributes["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
+        url = client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        arn = f"arn:aws:sqs:{pseudo.region}:{ACCOUNT_ID}:{name}"
+        local.refs[logical_id] = url
+        local.attributes.update(
+            {
+                f"{logical_id}.Arn": arn,
+                f"{logical_id}.QueueName": name,
+                f"{logical_id}.QueueUrl": url,
+            }
+        )
+
+
+def _create_buckets(
+    template: Template, client: Any, resolver: Resolver, local: LocalResources, pseudo: Pseudo
+) -> None:
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    for logical_id, resource in template.of_type("AWS::S3::Bucket").items():
+        props = resolver.resolve(resource.get("Properties") or {})
+        name = props.get("BucketName") or _physical_name(logical_id, pseudo).lower()
+        if name not in existing:
+            client.create_bucket(Bucket=name)
+        local.refs[logical_id] = name
+        local.attributes.update(
+            {
+                f"{logical_id}.Arn": f"arn:aws:s3:::{name}",
+                f"{logical_id}.DomainName": f"{name}.s3.amazonaws.com",
+            }
+        )

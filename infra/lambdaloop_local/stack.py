@@ -1,0 +1,196 @@
+"""The local stack: moto, Redis, the template's resources, and its functions' environments.
+
+One mechanism for ``lambdaloop dev``, ``lambdaloop invoke`` and the test suite: whatever
+runs locally runs through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+from lambdaloop_local.functions import FunctionPool, LocalFunction
+from lambdaloop_local.resources import LocalResources, Pseudo, create_resources
+from lambdaloop_local.services import MotoServer, RedisServer
+from lambdaloop_local.template import TEMPLATE_PATH, Template, load_template
+
+__all__ = ["LocalStack", "StackConfig"]
+
+logger = logging.getLogger(__name__)
+
+#: Fake credentials: moto accepts anything, and real AWS must never be reached by mistake.
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    template_path: Path = TEMPLATE_PATH
+    host: str = "127.0.0.1"
+    #: moto's port (0 = any free port).
+    aws_port: int = 5000
+    redis_port: int = 0
+    prefer_real_redis: bool = True
+    pseudo: Pseudo = field(default_factory=Pseudo)
+    #: Attach to services that already run (a ``lambdaloop dev`` in another terminal).
+    aws_endpoint: str | None = None
+    redis_url: str | None = None
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.config = config or StackConfig()
+        self.template: Template = load_template(self.config.template_path)
+        self.moto: MotoServer | None = None
+        self.redis: RedisServer | None = None
+        self._resources: LocalResources | None = None
+        self._pools: dict[str, FunctionPool] = {}
+
+    # -------------------------------------------------------------------- services
+
+    @property
+    def aws_endpoint(self) -> str:
+        if self.config.aws_endpoint:
+            return self.config.aws_endpoint
+        if self.moto is None:
+            raise RuntimeError("the local stack is not started")
+        return self.moto.endpoint_url
+
+    @property
+    def redis_url(self) -> str:
+        if self.config.redis_url:
+            return self.config.redis_url
+        if self.redis is None:
+            raise RuntimeError("the local stack is not started")
+        return self.redis.url
+
+    @property
+    def redis_kind(self) -> str:
+        return self.redis.kind if self.redis else f"external ({self.redis_url})"
+
+    def start(self) -> None:
+        try:
+            if not self.config.aws_endpoint:
+                self.moto = MotoServer(self.config.host, self.config.aws_port)
+                self.moto.start()
+            if not self.config.redis_url:
+                self.redis = RedisServer(
+                    self.config.host, self.config.redis_port, self.config.prefer_real_redis
+                )
+                self.redis.start()
+            self.create_resources()
+        except BaseException:
+            self.stop()
+            raise
+
+    def create_resources(self) -> LocalResources:
+        """(Re)create the template's resources; after a moto reset, tests call this again."""
+        cache = urlsplit(self.redis_url)
+        self._resources = create_resources(
+            self.template,
+            self.aws_client,
+            self.config.pseudo,
+            cache_host=cache.hostname or self.config.host,
+            cache_port=cache.port or 6379,
+        )
+        return self._resources
+
+    def stop(self) -> None:
+        """Stop what this stack started (idempotent); attached services are left alone."""
+        try:
+            if self.redis is not None:
+                self.redis.stop()
+        finally:
+            self.redis = None
+            if self.moto is not None:
+                self.moto.stop()
+            self.moto = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def aws_client(self, service: str) -> Any:
+        """A boto3 client for ``service`` that talks to the local AWS endpoint."""
+        import boto3
+
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.aws_endpoint,
+            region_name=self.config.pseudo.region,
+            aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    # ------------------------------------------------------------------- functions
+
+    @property
+    def resources(self) -> LocalResources:
+        if self._resources is None:
+            raise RuntimeError("the local stack is not started")
+        return self._resources
+
+    def function_environment(self, logical_id: str) -> dict[str, str]:
+        """The function's variables as Lambda would set them, pointed at the local stack."""
+        spec = self.template.function(logical_id)
+        resolver = self.resources.resolver(self.template, self.config.pseudo)
+        variables = {name: str(value) for name, value in resolver.resolve(spec.environment).items()}
+        region = self.config.pseudo.region
+        return {
+            **{name: self._local_url(value) for name, value in variables.items()},
+            **LOCAL_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.aws_endpoint,
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+            "AWS_LAMBDA_FUNCTION_NAME": logical_id,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_size),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(spec.timeout),
+            "LAMBDALOOP_LOCAL": "true",
+        }
+
+    def _local_url(self, value: str) -> str:
+        # ElastiCache Serverless speaks TLS only (rediss://); the local Redis speaks plain TCP.
+        parts, local = urlsplit(value), urlsplit(self.redis_url)
+        if parts.scheme == "rediss" and parts.netloc == local.netloc:
+            return urlunsplit(parts._replace(scheme="redis"))
+        return value
+
+    def layer_paths(self, logical_id: str) -> tuple[Path, ...]:
+        """The content folders of the function's layers that the template builds."""
+        layers = self.template.of_type("AWS::Serverless::LayerVersion")
+        paths: list[Path] = []
+        for layer in self.template.function(logical_id).layers:
+            name = layer.get("Ref") if isinstance(layer, dict) else None
+            if name in layers:
+                content = layers[name]["Properties"]["ContentUri"]
+                paths.append((self.template.path.parent / content).resolve())
+        return tuple(paths)
+
+    def local_function(self, logical_id: str) -> LocalFunction:
+        return LocalFunction(
+            spec=self.template.function(logical_id),
+            environment=self.function_environment(logical_id),
+            layer_paths=self.layer_paths(logical_id),
+        )
+
+    def pool(self, logical_id: str, max_environments: int = 1) -> FunctionPool:
+        """The function's environments (made on first use, then shared)."""
+        pool = self._pools.get(logical_id)
+        if pool is None:
+            pool = FunctionPool(self.local_function(logical_id), max_environments)
+            self._pools[logical_id] = pool
+        return pool
+
+    async def aclose_functions(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()

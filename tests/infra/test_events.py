@@ -1,0 +1,58 @@
+"""The sample events in infra/events have the shape API Gateway HTTP API (payload 2.0) sends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lambdaloop_local.template import load_template
+
+EVENTS = Path(__file__).resolve().parents[2] / "infra" / "events"
+EVENT_FILES = sorted(EVENTS.glob("*.json"))
+
+
+def _routes() -> set[str]:
+    """Route keys of the template's HttpApi events ("GET /", "ANY /{proxy+}")."""
+    return {
+        f"{event['Properties']['Method'].upper()} {event['Properties']['Path']}"
+        for function in load_template().functions()
+        for event in function.events.values()
+        if event.get("Type") == "HttpApi"
+    }
+
+
+def _load(path: Path) -> dict[str, Any]:
+    event = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(event, dict)
+    return event
+
+
+def test_the_api_events_exist() -> None:
+    assert {path.name for path in EVENT_FILES} >= {
+        "api-root.json",
+        "api-health.json",
+        "api-not-found.json",
+    }
+
+
+@pytest.mark.parametrize("path", EVENT_FILES, ids=lambda path: path.name)
+def test_event_is_an_http_api_v2_event(path: Path) -> None:
+    event = _load(path)
+    context = event["requestContext"]
+    assert event["version"] == "2.0"
+    assert event["rawPath"] == context["http"]["path"]
+    assert event["routeKey"] == context["routeKey"]
+    assert context["stage"] == "$default"
+    assert isinstance(context["timeEpoch"], int)
+    assert event["isBase64Encoded"] is False
+
+
+@pytest.mark.parametrize("path", EVENT_FILES, ids=lambda path: path.name)
+def test_event_route_is_a_route_of_the_template(path: Path) -> None:
+    event = _load(path)
+    assert event["routeKey"] in _routes() | {"$default"}
+    if event["routeKey"].endswith("/{proxy+}"):
+        assert "/" + event["pathParameters"]["proxy"] == event["rawPath"]

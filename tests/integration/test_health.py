@@ -1,0 +1,124 @@
+"""GET /health through the API function's real handler, in a local execution environment
+(a worker process with the function's environment), against moto and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lambdaloop_local.functions import FunctionPool, LocalFunction
+from lambdaloop_local.services import SilentServer, free_port
+from lambdaloop_local.stack import LocalStack
+from support import requires_redis_server
+
+EVENTS = Path(__file__).parents[2] / "infra" / "events"
+
+
+def api_function(stack: LocalStack, **overrides: str) -> LocalFunction:
+    base = stack.local_function("ApiFunction")
+    return LocalFunction(base.spec, {**base.environment, **overrides}, base.layer_paths)
+
+
+def event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return loaded
+
+
+async def health_calls(function: LocalFunction, times: int = 1) -> list[tuple[int, Any]]:
+    pool = FunctionPool(function)
+    try:
+        results = []
+        for _ in range(times):
+            outcome = await pool.invoke(event("api-health.json"))
+            results.append((outcome.result["statusCode"], json.loads(outcome.result["body"])))
+        return results
+    finally:
+        await pool.aclose()
+
+
+def test_healthy(local_stack: LocalStack) -> None:
+    [(status, body)] = asyncio.run(health_calls(api_function(local_stack)))
+
+    assert status == 200
+    assert body["status"] == "ok"
+    assert body["checks"] == {"dynamodb": "ok", "redis": "ok", "queue": "ok"}
+
+
+@requires_redis_server
+def test_redis_killed_then_back(local_stack: LocalStack) -> None:
+    assert local_stack.redis is not None
+    redis = local_stack.redis
+    function = api_function(local_stack)
+
+    async def scenario() -> list[tuple[int, Any]]:
+        pool = FunctionPool(function)
+        seen = []
+        try:
+            for step in ("before", "killed", "back"):
+                if step == "killed":
+                    redis.kill()  # the real process, by its pid
+                if step == "back":
+                    redis.restart()
+                outcome = await pool.invoke(event("api-health.json"))
+                seen.append((outcome.result["statusCode"], json.loads(outcome.result["body"])))
+        finally:
+            if redis.pid is None:
+                redis.restart()
+            await pool.aclose()
+        return seen
+
+    (s1, before), (s2, killed), (s3, back) = asyncio.run(scenario())
+
+    assert (s1, before["status"]) == (200, "ok")
+    assert (s2, killed["status"]) == (200, "degraded")
+    assert killed["checks"] == {"dynamodb": "ok", "redis": "error", "queue": "ok"}
+    # The same warm environment reconnects once Redis is back.
+    assert (s3, back["status"]) == (200, "ok")
+
+
+def test_redis_that_never_answers_is_a_timeout(local_stack: LocalStack) -> None:
+    with SilentServer() as silent:
+        function = api_function(local_stack, REDIS_URL=silent.url)
+        [(status, body)] = asyncio.run(health_calls(function))
+
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["checks"]["redis"] == "timeout"
+    assert body["checks"]["dynamodb"] == "ok"
+
+
+def test_dynamodb_unreachable_is_a_503(local_stack: LocalStack) -> None:
+    # Nothing listens on this port: connections to "DynamoDB" are refused.
+    dead = f"http://127.0.0.1:{free_port()}"
+    function = api_function(local_stack, AWS_ENDPOINT_URL_DYNAMODB=dead)
+
+    [(status, body)] = asyncio.run(health_calls(function))
+
+    assert status == 503
+    assert body["status"] == "down"
+    assert body["checks"]["dynamodb"] in {"error", "timeout"}
+    assert body["checks"]["redis"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [("api-root.json", 200), ("api-health.json", 200), ("api-not-found.json", 404)],
+)
+def test_the_sam_local_invoke_events_parse_in_the_handler(
+    local_stack: LocalStack, name: str, status: int
+) -> None:
+    async def invoke() -> Any:
+        pool = FunctionPool(api_function(local_stack))
+        try:
+            return (await pool.invoke(event(name))).result
+        finally:
+            await pool.aclose()
+
+    result = asyncio.run(invoke())
+
+    assert result["statusCode"] == status
+    assert result["headers"]["content-type"] in {"application/json", "application/problem+json"}

@@ -1,0 +1,290 @@
+"""The local stack's servers (lambdaloop_local.services), exercised for real: moto in server mode,
+redis-server (when on PATH), the embedded fakeredis, and the silent TCP server.
+
+Each test also checks, through an autouse fixture, that it leaves no thread running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import boto3
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from lambdaloop_local.services import (
+    MotoServer,
+    RedisServer,
+    ServiceError,
+    SilentServer,
+    free_port,
+)
+
+requires_redis_server = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs a redis-server binary on PATH"
+)
+
+_BOUND = 10.0  # seconds a polled condition gets before the test fails
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition()`` until it is true, failing after ``_BOUND`` seconds."""
+    deadline = time.monotonic() + _BOUND
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+
+    def settled() -> bool:
+        return set(threading.enumerate()) <= before
+
+    # Request threads of a threaded server end a moment after their client hangs up.
+    _wait_for(settled, f"threads to end: {set(threading.enumerate()) - before}")
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
+def _redis_client(url: str, timeout: float = 2.0) -> redis.Redis:
+    """A client that fails fast: one attempt, bounded connect and read."""
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+
+
+def _refuses(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _create_table(endpoint_url: str, name: str) -> list[str]:
+    client = boto3.client("dynamodb", endpoint_url=endpoint_url)
+    try:
+        client.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        return list(client.list_tables()["TableNames"])
+    finally:
+        client.close()
+
+
+def _list_tables(endpoint_url: str) -> list[str]:
+    client = boto3.client("dynamodb", endpoint_url=endpoint_url)
+    try:
+        return list(client.list_tables()["TableNames"])
+    finally:
+        client.close()
+
+
+# -- moto ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_on_port_zero_serves_dynamodb_and_reset_clears_it() -> None:
+    with MotoServer(port=0) as moto:
+        moto.reset()  # moto's state is process-wide; start from nothing
+        assert moto.endpoint_url.startswith("http://127.0.0.1:")
+        assert not moto.endpoint_url.endswith(":0")
+
+        assert _create_table(moto.endpoint_url, "jobs") == ["jobs"]
+
+        moto.reset()
+        assert _list_tables(moto.endpoint_url) == []
+
+
+def test_moto_stop_frees_the_port_and_is_idempotent() -> None:
+    first = MotoServer(port=0)
+    first.start()
+    port = int(first.endpoint_url.rsplit(":", 1)[1])
+    first.stop()
+    first.stop()
+    with pytest.raises(ServiceError):
+        _ = first.endpoint_url
+
+    with MotoServer(port=port) as second:
+        assert second.endpoint_url == f"http://127.0.0.1:{port}"
+
+
+def test_moto_on_a_taken_port_raises_a_clear_error() -> None:
+    with SilentServer() as squatter:
+        moto = MotoServer(port=squatter.port)
+        with pytest.raises(ServiceError, match=f"127.0.0.1:{squatter.port}.*taken"):
+            moto.start()
+        moto.stop()
+
+
+# -- real redis-server ---------------------------------------------------------------------------
+
+
+@pytest.mark.redis_server
+@requires_redis_server
+def test_real_redis_answers_dies_on_kill_and_comes_back_on_restart() -> None:
+    with RedisServer() as server:
+        assert server.is_real
+        assert server.kind.startswith("redis-server ")
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        client = _redis_client(server.url)
+        try:
+            assert client.ping() is True
+        finally:
+            client.close()
+        pid = server.pid
+        assert pid is not None
+        port = server.port
+
+        # When: an outage
+        server.kill()
+
+        # Then: the port refuses connections and the process is gone (reaped, not a zombie)
+        assert server.pid is None
+        assert not _pid_exists(pid)
+        assert _refuses("127.0.0.1", port)
+
+        # When: Redis is back
+        server.restart()
+
+        # Then: same port, new process, answering again
+        assert server.port == port
+        assert server.pid not in (None, pid)
+        client = _redis_client(server.url)
+        try:
+            assert client.set("k", "v") is True
+            assert client.get("k") == b"v"
+        finally:
+            client.close()
+
+
+@pytest.mark.redis_server
+@requires_redis_server
+def test_real_redis_stop_leaves_no_process_and_is_idempotent() -> None:
+    server = RedisServer()
+    try:
+        server.start()
+        pid = server.pid
+        assert pid is not None
+    finally:
+        server.stop()
+    server.stop()
+
+    assert server.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert _refuses("127.0.0.1", server.port)
+
+
+@pytest.mark.redis_server
+@requires_redis_server
+def test_real_redis_on_a_taken_port_fails_with_the_log_tail() -> None:
+    with SilentServer() as squatter:
+        server = RedisServer(port=squatter.port)
+        try:
+            with pytest.raises(ServiceError, match="Address already in use"):
+                server.start()
+            assert server.pid is None
+        finally:
+            server.stop()
+
+
+# -- embedded fakeredis --------------------------------------------------------------------------
+
+
+def test_fake_redis_answers_set_get_and_restarts_on_the_same_port() -> None:
+    with RedisServer(prefer_real=False) as server:
+        assert not server.is_real
+        assert server.kind == "fakeredis (embedded)"
+        assert server.pid is None
+        client = _redis_client(server.url)
+        try:
+            assert client.set("k", "v") is True
+            assert client.get("k") == b"v"
+        finally:
+            client.close()
+        port = server.port
+
+        server.restart()
+
+        assert server.port == port
+        client = _redis_client(server.url)
+        try:
+            assert client.ping() is True
+        finally:
+            client.close()
+
+    assert _refuses("127.0.0.1", port)
+
+
+def test_fake_redis_cannot_be_killed() -> None:
+    with RedisServer(prefer_real=False) as server, pytest.raises(ServiceError, match="real"):
+        server.kill()
+
+
+def test_fake_redis_start_stop_cycles_leave_nothing_behind() -> None:
+    server = RedisServer(prefer_real=False)
+    for _ in range(3):
+        server.start()
+        server.start()  # no-op while running
+        server.stop()
+        server.stop()
+
+
+# -- silent server -------------------------------------------------------------------------------
+
+
+def test_silent_server_makes_a_redis_client_time_out() -> None:
+    with SilentServer() as silent:
+        client = _redis_client(silent.url, timeout=0.2)
+        try:
+            with pytest.raises(redis.exceptions.TimeoutError):
+                client.ping()
+        finally:
+            client.close()
+    assert _refuses("127.0.0.1", silent.port)
+
+
+def test_silent_server_keeps_connections_open_until_stop() -> None:
+    silent = SilentServer(port=free_port())
+    silent.start()
+    try:
+        conn = socket.create_connection(("127.0.0.1", silent.port), timeout=1.0)
+    except BaseException:
+        silent.stop()
+        raise
+    with conn:
+        silent.stop()
+        silent.stop()
+        # the server closed its end: the client reads EOF instead of hanging
+        assert conn.recv(1) == b""

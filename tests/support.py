@@ -1,0 +1,99 @@
+"""Helpers shared by the test folders (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from lambdaloop_local.apigw import HttpRoute, build_event
+from lambdaloop_local.context import LocalContext
+
+HAS_REDIS_SERVER = shutil.which("redis-server") is not None
+requires_redis_server: pytest.MarkDecorator = pytest.mark.skipif(
+    not HAS_REDIS_SERVER, reason="needs the redis-server binary (.ci/run installs it)"
+)
+
+
+def lambda_context(timeout_s: float = 10.0, name: str = "test-function") -> LocalContext:
+    """A Lambda context whose deadline is ``timeout_s`` from now."""
+    return LocalContext(
+        function_name=name,
+        memory_limit_in_mb=1024,
+        aws_request_id=str(uuid.uuid4()),
+        deadline_ms=int(time.time() * 1000 + timeout_s * 1000),
+    )
+
+
+def http_event(
+    method: str = "GET",
+    path: str = "/",
+    *,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event, built by the local emulator's own code."""
+    route = HttpRoute.parse("ANY", "/{proxy+}", "ApiFunction")
+    return build_event(
+        route,
+        {"proxy": path.lstrip("/")} if path != "/" else {},
+        method=method,
+        path=path,
+        raw_query=query,
+        headers={"host": "api.test", "user-agent": "pytest", **(headers or {})},
+        body=body,
+        source_ip="127.0.0.1",
+    )
+
+
+class LoopbackHttpServer:
+    """A real aiohttp server on 127.0.0.1, on its own loop in a thread (the code under test
+    runs on the runtime's loop, which only turns during an invocation)."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.requests = 0
+        self.port = 0
+
+    def __enter__(self) -> LoopbackHttpServer:
+        import asyncio
+
+        from aiohttp import web
+
+        async def hello(request: web.Request) -> web.Response:
+            self.requests += 1
+            return web.json_response({"hello": request.query.get("name", "world")})
+
+        async def start() -> web.AppRunner:
+            app = web.Application()
+            app.router.add_get("/hello", hello)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            return runner
+
+        self._thread.start()
+        self._runner = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"

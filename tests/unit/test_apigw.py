@@ -1,0 +1,101 @@
+"""The local API Gateway: routing and the payload-2.0 event shape."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from lambdaloop_local.apigw import HttpRoute, build_event, http_api_routes, match_route
+from lambdaloop_local.template import load_template
+
+EVENTS = Path(__file__).parents[2] / "infra" / "events"
+
+ROUTES = sorted(
+    [
+        HttpRoute.parse("ANY", "/{proxy+}", "Proxy"),
+        HttpRoute.parse("GET", "/users/batch", "Batch"),
+        HttpRoute.parse("GET", "/users/{id}", "User"),
+        HttpRoute.parse("GET", "/", "Root"),
+    ],
+    key=lambda r: (r.rank, r.method != "ANY"),
+    reverse=True,
+)
+
+
+def test_literal_routes_win_over_parameters_and_the_proxy() -> None:
+    assert match_route(ROUTES, "GET", "/users/batch") == (ROUTES[0], {})
+    found = match_route(ROUTES, "GET", "/users/7")
+    assert found is not None
+    assert (found[0].function, found[1]) == ("User", {"id": "7"})
+    found = match_route(ROUTES, "POST", "/users/7")
+    assert found is not None
+    assert (found[0].function, found[1]) == ("Proxy", {"proxy": "users/7"})
+    found = match_route(ROUTES, "GET", "/")
+    assert found is not None
+    assert found[0].function == "Root"
+
+
+def test_the_templates_routes() -> None:
+    routes = http_api_routes(load_template())
+
+    assert {r.route_key for r in routes} == {"GET /", "ANY /{proxy+}"}
+    assert {r.function for r in routes} == {"ApiFunction"}
+
+
+def test_the_event_has_the_shape_of_sam_generate_event() -> None:
+    reference = json.loads((EVENTS / "api-health.json").read_text())
+    route = HttpRoute.parse("ANY", "/{proxy+}", "ApiFunction")
+
+    event = build_event(
+        route,
+        {"proxy": "health"},
+        method="GET",
+        path="/health",
+        raw_query="",
+        headers={"Host": "x", "User-Agent": "t"},
+        body=b"",
+        source_ip="127.0.0.1",
+    )
+
+    assert set(event) >= set(reference) - {"body"}
+    assert set(event["requestContext"]) >= set(reference["requestContext"])
+    assert event["requestContext"]["http"]["path"] == event["rawPath"] == "/health"
+    assert event["headers"] == {"host": "x", "user-agent": "t"}
+
+
+def test_query_cookies_and_repeated_headers() -> None:
+    route = HttpRoute.parse("ANY", "/{proxy+}", "F")
+
+    event = build_event(
+        route,
+        {},
+        method="get",
+        path="/users/batch",
+        raw_query="user_ids=1&user_ids=2&q=a%20b",
+        headers=[("Cookie", "a=1; b=2"), ("X-Tag", "one"), ("X-Tag", "two")],
+        body=b"",
+        source_ip="10.0.0.1",
+    )
+
+    assert event["queryStringParameters"] == {"user_ids": "1,2", "q": "a b"}
+    assert event["rawQueryString"] == "user_ids=1&user_ids=2&q=a%20b"
+    assert event["cookies"] == ["a=1", "b=2"]
+    assert event["headers"]["x-tag"] == "one,two"
+    assert event["requestContext"]["http"]["method"] == "GET"
+
+
+def test_bodies_are_text_or_base64_by_content_type() -> None:
+    route = HttpRoute.parse("ANY", "/{proxy+}", "F")
+    common = {"method": "POST", "path": "/x", "raw_query": "", "source_ip": "127.0.0.1"}
+
+    as_json = build_event(
+        route, {}, headers={"content-type": "application/json"}, body=b'{"a":1}', **common
+    )
+    as_binary = build_event(
+        route, {}, headers={"content-type": "image/png"}, body=b"\x89PNG", **common
+    )
+
+    assert (as_json["body"], as_json["isBase64Encoded"]) == ('{"a":1}', False)
+    assert as_binary["isBase64Encoded"] is True
+    assert base64.b64decode(as_binary["body"]) == b"\x89PNG"

@@ -1,0 +1,148 @@
+"""The runtime: one loop for every invocation, deadlines, and no task outliving its invocation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from lambdaloop.errors import DeadlineExceeded
+from lambdaloop.runtime import (
+    Deadline,
+    current_deadline,
+    current_invocation,
+    get_loop,
+    lambda_handler,
+    spawn,
+)
+from support import lambda_context
+
+
+def test_every_invocation_runs_on_the_same_loop() -> None:
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> int:
+        return id(asyncio.get_running_loop())
+
+    loops = {handler({}, lambda_context()) for _ in range(3)}
+
+    assert loops == {id(get_loop())}
+    assert not get_loop().is_closed()
+
+
+def test_a_task_left_running_is_cancelled_when_the_invocation_ends() -> None:
+    # Given a handler that starts a task which would run forever
+    leftovers: list[asyncio.Task[None]] = []
+
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> str:
+        leftovers.append(asyncio.create_task(asyncio.sleep(3600), name="forever"))
+        return "done"
+
+    # When the invocation ends (deadline: 1.2 s minus the 0.5 s margin)
+    assert handler({}, lambda_context(timeout_s=1.2)) == "done"
+
+    # Then the task did not survive it, and the next invocation starts clean
+    assert leftovers[0].cancelled()
+    assert handler({}, lambda_context()) == "done"
+    assert leftovers[1].cancelled()
+
+
+def test_tracked_tasks_that_can_finish_are_awaited_before_returning() -> None:
+    finished: list[str] = []
+
+    async def write_audit_record() -> None:
+        await asyncio.sleep(0.01)
+        finished.append("audit")
+
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> str:
+        spawn(write_audit_record(), name="audit")
+        return "ok"
+
+    assert handler({}, lambda_context()) == "ok"
+    assert finished == ["audit"]
+
+
+def test_tasks_spawned_by_tasks_are_tracked_too() -> None:
+    inner: list[asyncio.Task[None]] = []
+
+    async def starts_another() -> None:
+        inner.append(asyncio.create_task(asyncio.sleep(3600)))
+
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> None:
+        asyncio.create_task(starts_another())  # noqa: RUF006 - forgotten on purpose
+
+    handler({}, lambda_context(timeout_s=1.0))
+
+    assert len(inner) == 1
+    assert inner[0].cancelled()
+
+
+def test_a_failed_background_task_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> str:
+        spawn(fails(), name="fails")
+        return "ok"
+
+    with caplog.at_level(logging.ERROR, logger="lambdaloop.runtime"):
+        assert handler({}, lambda_context()) == "ok"
+
+    assert any("fails" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_a_handler_that_runs_into_its_deadline_raises_deadline_exceeded() -> None:
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> None:
+        await asyncio.sleep(3600)
+
+    # Lambda allows 0.6 s; the runtime keeps its 0.5 s margin to report.
+    with pytest.raises(DeadlineExceeded):
+        handler({}, lambda_context(timeout_s=0.6))
+
+
+def test_the_invocation_is_visible_to_the_code_it_runs() -> None:
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> tuple[str, bool]:
+        return current_invocation().request_id, current_deadline().remaining() < 10
+
+    context = lambda_context(timeout_s=10)
+    assert handler({}, context) == (context.aws_request_id, True)
+
+
+def test_outside_an_invocation() -> None:
+    with pytest.raises(RuntimeError, match="not inside"):
+        current_invocation()
+    assert current_deadline().timeout() is None
+
+
+def test_deadline_from_a_context() -> None:
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return 3000
+
+    deadline = Deadline.from_context(Context(), margin_s=0.5)
+
+    assert 0 < deadline.remaining() <= 2.5
+    assert deadline.timeout(cap=0.1) == 0.1
+    assert not deadline.expired
+    assert Deadline.from_context(object(), margin_s=0.5).timeout() is None
+    assert Deadline.after(0).expired
+
+
+def test_spawned_work_that_outlasts_the_deadline_is_cancelled() -> None:
+    owned: list[asyncio.Task[None]] = []
+
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> str:
+        owned.append(spawn(asyncio.sleep(3600), name="too-long"))
+        return "ok"
+
+    # 0.8 s for Lambda, 0.5 s of margin: the spawned work gets 0.3 s, then it is cancelled.
+    assert handler({}, lambda_context(timeout_s=0.8)) == "ok"
+    assert owned[0].cancelled()
