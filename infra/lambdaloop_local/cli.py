@@ -23,6 +23,7 @@ from typing import Any
 
 from lambdaloop_local.apigw import http_api_routes, make_app
 from lambdaloop_local.functions import InvocationError
+from lambdaloop_local.services import ServiceError
 from lambdaloop_local.stack import LocalStack, StackConfig
 from lambdaloop_local.template import TEMPLATE_PATH, TemplateError
 
@@ -193,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _dev if args.command == "dev" else _invoke
     try:
         return asyncio.run(command(args))
-    except TemplateError as exc:
+    except (TemplateError, ServiceError) as exc:
         print(f"lambdaloop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -92,6 +92,9 @@ class _Environment:
                 stdin=asyncio.subprocess.DEVNULL,
                 cwd=spec.code_uri,
             )
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
         self._reader, self._writer = await asyncio.open_connection(sock=parent, limit=_LINE_LIMIT)

@@ -151,9 +151,13 @@ class LocalStack:
             "AWS_ENDPOINT_URL": self.aws_endpoint,
             "AWS_REGION": region,
             "AWS_DEFAULT_REGION": region,
+            # What Lambda itself sets in every execution environment.
             "AWS_LAMBDA_FUNCTION_NAME": logical_id,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_size),
-            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(spec.timeout),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{logical_id}",
+            "_HANDLER": spec.handler,
+            "LAMBDA_TASK_ROOT": str(spec.code_uri),
             "LAMBDALOOP_LOCAL": "true",
         }
 

@@ -17,12 +17,13 @@ import contextvars
 import functools
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lambdaloop.settings import get_aws_settings, get_http_settings, get_redis_settings
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     import aiohttp
     import redis.asyncio
 
@@ -79,6 +80,8 @@ def _aws_config() -> Any:
 
 @functools.cache
 def _blocking_pool() -> ThreadPoolExecutor:
+    from concurrent.futures import ThreadPoolExecutor
+
     return ThreadPoolExecutor(
         max_workers=get_aws_settings().max_pool_connections, thread_name_prefix="lambdaloop-io"
     )

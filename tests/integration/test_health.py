@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lambdaloop_local.functions import FunctionPool, LocalFunction
+from lambdaloop_local.functions import FunctionPool, InvocationError, LocalFunction
 from lambdaloop_local.services import SilentServer, free_port
 from lambdaloop_local.stack import LocalStack
 from support import requires_redis_server
@@ -122,3 +122,28 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(
 
     assert result["statusCode"] == status
     assert result["headers"]["content-type"] in {"application/json", "application/problem+json"}
+
+
+def test_a_bad_environment_fails_the_cold_start_naming_the_variable(
+    local_stack: LocalStack,
+) -> None:
+    base = local_stack.local_function("ApiFunction")
+    env = {k: v for k, v in base.environment.items() if k != "USERS_TABLE"}
+    env["LAMBDALOOP_HEALTH_TIMEOUT_S"] = "fast"
+    function = LocalFunction(base.spec, env, base.layer_paths)
+
+    async def invoke() -> InvocationError:
+        pool = FunctionPool(function)
+        try:
+            await pool.invoke(event("api-root.json"))
+        except InvocationError as exc:
+            return exc
+        finally:
+            await pool.aclose()
+        raise AssertionError("the cold start should have failed")
+
+    error = asyncio.run(invoke())
+
+    assert error.payload["errorType"] == "Runtime.ImportModuleError"
+    assert "USERS_TABLE: is required but not set" in error.payload["errorMessage"]
+    assert "LAMBDALOOP_HEALTH_TIMEOUT_S: must be a number" in error.payload["errorMessage"]

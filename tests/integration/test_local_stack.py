@@ -41,7 +41,7 @@ def test_the_api_function_environment_points_at_the_local_stack(local_stack: Loc
     assert env["REDIS_URL"] == local_stack.redis_url
     assert env["AWS_ENDPOINT_URL"] == local_stack.aws_endpoint
     assert env["POWERTOOLS_SERVICE_NAME"] == "lambdaloop"
-    assert env["AWS_LAMBDA_FUNCTION_TIMEOUT"] == "10"
+    assert env["_HANDLER"] == "api.handler.handler"
 
 
 def test_creating_resources_again_is_harmless(local_stack: LocalStack) -> None:
