@@ -52,7 +52,8 @@ dev: env
 
 test: env
 	@command -v redis-server >/dev/null || echo "note: no redis-server on PATH; tests that kill a real Redis are skipped (.ci/run installs it)"
-	$(VENV)/bin/pytest
+	$(VENV)/bin/coverage run -m pytest
+	$(VENV)/bin/coverage report
 	@if [ -n "$(PY313)" ]; then $(MAKE) --no-print-directory test-py313; \
 	else echo "note: python3.13 not found; the suite ran on $$($(PYTHON) --version) only"; fi
 

@@ -72,7 +72,8 @@ def _aws_config() -> Any:
     return Config(
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
-        retries={"mode": "adaptive", "max_attempts": settings.max_attempts},
+        # total_max_attempts counts the first call; botocore's max_attempts would not.
+        retries={"mode": "adaptive", "total_max_attempts": settings.max_attempts},
         max_pool_connections=settings.max_pool_connections,
         tcp_keepalive=True,
     )
