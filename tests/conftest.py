@@ -10,12 +10,22 @@ from lambdaloop_local.stack import LocalStack, StackConfig
 
 
 @pytest.fixture(scope="session")
-def local_stack() -> Iterator[LocalStack]:
-    """moto (server mode) + Redis (real redis-server when installed) + the template's
-    resources, on free ports, for the whole session."""
+def session_stack() -> Iterator[LocalStack]:
     stack = LocalStack(StackConfig(aws_port=0, redis_port=0))
     stack.start()
     try:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def local_stack(session_stack: LocalStack) -> LocalStack:
+    """moto (server mode) + Redis (real redis-server when installed) + the template's
+    resources, on free ports, shared by the session.
+
+    moto keeps its state per process, so a test that resets moto empties it for everyone:
+    the resources are made sure of (idempotently) before each test.
+    """
+    session_stack.create_resources()
+    return session_stack

@@ -97,3 +97,58 @@ class LoopbackHttpServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+class ApiResponse:
+    def __init__(self, raw: dict[str, Any]) -> None:
+        import json
+
+        self.raw = raw
+        self.status: int = raw["statusCode"]
+        self.headers: dict[str, str] = raw.get("headers") or {}
+        self.text: str = raw.get("body") or ""
+        self.json: Any = json.loads(self.text) if self.text else None
+
+
+class InProcessApi:
+    """Calls a Lambda handler with API Gateway HTTP API events, as the gateway would."""
+
+    def __init__(self, handler: Any, timeout_s: float = 10.0) -> None:
+        self.handler = handler
+        self.timeout_s = timeout_s
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        body: bytes | None = None,
+        query: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> ApiResponse:
+        import json as jsonlib
+
+        all_headers = dict(headers or {})
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            all_headers.setdefault("content-type", "application/json")
+        event = http_event(method, path, query=query, headers=all_headers, body=body or b"")
+        return ApiResponse(self.handler(event, lambda_context(self.timeout_s)))
+
+
+def forget_environment() -> None:
+    """Drop what the API and the layer read from the environment and built from it (settings,
+    clients, the users service), so a test can point them at other endpoints."""
+    from api.settings import get_api_settings
+    from api.system import health_probes
+    from api.users.dependencies import users_service_cache_clear
+    from lambdaloop.clients import aclose_clients
+    from lambdaloop.runtime import get_loop
+    from lambdaloop.settings import reset_settings
+
+    get_loop().run_until_complete(aclose_clients())
+    reset_settings()
+    get_api_settings.cache_clear()
+    health_probes.cache_clear()
+    users_service_cache_clear()

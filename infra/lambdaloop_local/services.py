@@ -465,7 +465,15 @@ class SilentServer:
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._accepted: list[socket.socket] = []
+        self._accept_count = 0
         self._lock = threading.Lock()
+
+    @property
+    def connections(self) -> int:
+        """How many connections it has accepted since it started: a client that stopped
+        calling (a circuit breaker) stops adding to it."""
+        with self._lock:
+            return self._accept_count
 
     @property
     def port(self) -> int:
@@ -517,6 +525,7 @@ class SilentServer:
                         conn, _addr = listener.accept()
                         with self._lock:
                             self._accepted.append(conn)
+                            self._accept_count += 1
 
     def stop(self) -> None:
         """Close every connection and the listener, and join the thread. Idempotent."""

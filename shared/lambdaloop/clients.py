@@ -119,15 +119,19 @@ def _build_redis() -> redis.asyncio.Redis:
     from redis.backoff import NoBackoff
 
     settings = get_redis_settings()
-    return redis.asyncio.Redis.from_url(
+    # A blocking pool: a burst of concurrent calls (a batch, a stampede) waits briefly for a
+    # connection instead of failing with "Too many connections" (and tripping the breaker).
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.url,
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout_s,
         socket_connect_timeout=settings.connect_timeout_s,
         socket_timeout=settings.socket_timeout_s,
         retry=Retry(NoBackoff(), 0),
         retry_on_timeout=False,
-        max_connections=settings.max_connections,
         health_check_interval=0,
     )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def http_session() -> aiohttp.ClientSession:

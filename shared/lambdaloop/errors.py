@@ -7,6 +7,8 @@ handlers, not here.
     LambdaloopError
     ├── SettingsError            the environment is missing or has an invalid variable
     ├── DeadlineExceeded         the invocation ran into its deadline (safety margin included)
+    ├── ConditionFailed          a conditional write found the item not as required
+    │   └── TransactionConflict  a transaction was cancelled; ``reasons`` says which operation
     └── DependencyError          a downstream service failed
         ├── DependencyTimeout    ...did not answer in time
         └── DependencyUnavailable  ...refused, reset, or is switched off (circuit open)
@@ -14,13 +16,17 @@ handlers, not here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
+    "ConditionFailed",
     "DeadlineExceeded",
     "DependencyError",
     "DependencyTimeout",
     "DependencyUnavailable",
     "LambdaloopError",
     "SettingsError",
+    "TransactionConflict",
 ]
 
 
@@ -43,6 +49,30 @@ class SettingsError(LambdaloopError):
 
 class DeadlineExceeded(LambdaloopError):
     """The work did not finish before the invocation's deadline."""
+
+
+class ConditionFailed(LambdaloopError):
+    """A conditional write was refused: the item exists when it must not, is missing when it
+    must exist, or does not satisfy the condition. Nothing was written."""
+
+
+class TransactionConflict(ConditionFailed):
+    """A transaction was cancelled and none of its operations were applied.
+
+    ``reasons`` holds one cancellation reason code per operation, in the order they were
+    given: ``"None"`` for an operation that was fine, ``"ConditionalCheckFailed"`` for one
+    whose condition failed, ``"TransactionConflict"`` when another request was changing the
+    same item, and so on. It is empty when the service did not say.
+    """
+
+    def __init__(self, reasons: Sequence[str], message: str = "transaction cancelled") -> None:
+        self.reasons = list(reasons)
+        super().__init__(f"{message} (reasons: {self.reasons})" if self.reasons else message)
+
+    @property
+    def failed(self) -> dict[int, str]:
+        """The index and reason code of each operation that caused the cancellation."""
+        return {index: code for index, code in enumerate(self.reasons) if code != "None"}
 
 
 class DependencyError(LambdaloopError):

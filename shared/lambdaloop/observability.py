@@ -59,7 +59,7 @@ def get_metrics() -> Metrics:
     from aws_lambda_powertools import Metrics
 
     settings = get_runtime_settings()
-    metrics = Metrics(service=settings.service)
+    metrics = Metrics(service=settings.service, namespace=settings.metrics_namespace)
     metrics.set_default_dimensions(stage=settings.stage)
     return metrics
 
@@ -79,7 +79,15 @@ def set_correlation_id(value: str | None) -> None:
 
 
 def flush_metrics() -> None:
-    """Write the metrics recorded so far as one EMF document; nothing when there are none."""
+    """Write the metrics recorded so far as one EMF document; nothing when there are none.
+
+    Never raises: losing a metric must not fail the invocation that recorded it.
+    """
     metrics = get_metrics()
-    if metrics.metric_set:
+    if not metrics.metric_set:
+        return
+    try:
         metrics.flush_metrics()
+    except Exception:
+        logging.getLogger(__name__).exception("could not write the metrics")
+        metrics.clear_metrics()

@@ -120,6 +120,7 @@ def _ranged(
 class RuntimeSettings:
     service: str
     stage: str
+    metrics_namespace: str
     local_mode: bool
     #: Seconds kept in reserve before Lambda's own timeout, to cancel and report cleanly.
     deadline_margin_s: float
@@ -128,9 +129,11 @@ class RuntimeSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
         env = EnvReader(environ)
+        service = env.text("POWERTOOLS_SERVICE_NAME", "lambdaloop")
         settings = cls(
-            service=env.text("POWERTOOLS_SERVICE_NAME", "lambdaloop"),
+            service=service,
             stage=env.text("LAMBDALOOP_STAGE", "local"),
+            metrics_namespace=env.text("POWERTOOLS_METRICS_NAMESPACE", service),
             local_mode=env.flag("LAMBDALOOP_LOCAL", False),
             deadline_margin_s=env.number("LAMBDALOOP_DEADLINE_MARGIN_S", 0.5, maximum=60),
             tracing=not env.flag("POWERTOOLS_TRACE_DISABLED", True),
@@ -169,6 +172,8 @@ class RedisSettings:
     connect_timeout_s: float
     socket_timeout_s: float
     max_connections: int
+    #: How long a call waits for a free connection when all are busy.
+    pool_timeout_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisSettings:
@@ -178,6 +183,7 @@ class RedisSettings:
             connect_timeout_s=env.number("LAMBDALOOP_REDIS_CONNECT_TIMEOUT_S", 0.25, minimum=0.01),
             socket_timeout_s=env.number("LAMBDALOOP_REDIS_TIMEOUT_S", 0.1, minimum=0.01),
             max_connections=env.integer("LAMBDALOOP_REDIS_MAX_CONNECTIONS", 64, minimum=1),
+            pool_timeout_s=env.number("LAMBDALOOP_REDIS_POOL_TIMEOUT_S", 0.5, minimum=0.01),
         )
         env.check()
         return settings

@@ -34,11 +34,18 @@ async def hangs() -> object:
     return None
 
 
+SETTINGS = ApiSettings.from_env(
+    {
+        "USERS_TABLE": "users",
+        "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
+        "LAMBDALOOP_HEALTH_TIMEOUT_S": "0.2",
+    }
+)
+
+
 def make_handler(probes: Mapping[str, Probe] | None = None) -> tuple[FastAPI, Handler]:
-    app = create_app()
-    app.dependency_overrides[get_api_settings] = lambda: ApiSettings(
-        users_table="users", notify_queue_url="http://sqs.local/queue", health_timeout_s=0.2
-    )
+    app = create_app(SETTINGS)
+    app.dependency_overrides[get_api_settings] = lambda: SETTINGS
     fakes = probes or {"dynamodb": healthy, "redis": healthy, "queue": healthy}
     app.dependency_overrides[health_probes] = lambda: fakes
     return app, asgi_handler(app)

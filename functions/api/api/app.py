@@ -6,13 +6,17 @@ from fastapi import FastAPI
 
 import lambdaloop
 from api import system
-from api.middleware import RequestContextMiddleware
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.problems import install_problem_handlers
+from api.settings import ApiSettings, get_api_settings
+from api.users import routes as users_routes
 
 __all__ = ["create_app"]
 
 
-def create_app() -> FastAPI:
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The app; ``settings`` default to the environment's (tests pass their own)."""
+    settings = settings or get_api_settings()
     app = FastAPI(
         title="lambdaloop",
         version=lambdaloop.__version__,
@@ -20,5 +24,8 @@ def create_app() -> FastAPI:
     )
     install_problem_handlers(app)
     app.include_router(system.router)
+    app.include_router(users_routes.router)
+    # Added last = outermost: the request context wraps everything, the body limit included.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app

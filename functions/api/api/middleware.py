@@ -18,7 +18,7 @@ from api.problems import internal_error, problem, request_id_var
 from lambdaloop.observability import set_correlation_id
 from lambdaloop.runtime import current_deadline
 
-__all__ = ["RequestContextMiddleware"]
+__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +95,53 @@ class RequestContextMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 },
             )
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with a 413 problem before any parsing.
+
+    Behind API Gateway the body arrives whole, so reading it first costs nothing; the app
+    then receives it as one message.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, f"The request body is over {self.max_bytes} bytes")
+        await response(scope, receive, send)

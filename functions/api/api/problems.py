@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.errors import ApiError
 from lambdaloop.errors import DeadlineExceeded, DependencyError, LambdaloopError
 
 __all__ = [
@@ -39,7 +40,7 @@ def problem(
     *,
     title: str | None = None,
     headers: dict[str, str] | None = None,
-    **extensions: Any,
+    extensions: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     """A problem+json response; ``type`` is about:blank, so the title is the status phrase."""
     body: dict[str, Any] = {
@@ -52,7 +53,7 @@ def problem(
     request_id = request_id_var.get()
     if request_id:
         body["request_id"] = request_id
-    body.update(extensions)
+    body.update(extensions or {})
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
@@ -81,7 +82,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if any(error["type"] == "json_invalid" for error in errors):
         return problem(400, "The request body is not valid JSON", title="Malformed request body")
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return problem(422, detail, title="Request validation failed", errors=errors)
+    return problem(422, detail, title="Request validation failed", extensions={"errors": errors})
 
 
 async def _layer_error(request: Request, exc: Exception) -> JSONResponse:
@@ -101,7 +102,13 @@ def internal_error(method: str, path: str, exc: BaseException) -> JSONResponse:
     return problem(500, "The server could not complete the request")
 
 
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return problem(exc.status, exc.detail, extensions=exc.extensions)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(LambdaloopError, _layer_error)

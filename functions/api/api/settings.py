@@ -17,6 +17,12 @@ class ApiSettings:
     notify_queue_url: str
     #: Each dependency check of GET /health gets this long, all of them at once.
     health_timeout_s: float
+    max_body_bytes: int
+    cache_enabled: bool
+    cache_ttl_s: float
+    #: Consecutive Redis failures that open the circuit, and how long it stays open.
+    breaker_failures: int
+    breaker_reset_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
@@ -25,6 +31,11 @@ class ApiSettings:
             users_table=env.text("USERS_TABLE"),
             notify_queue_url=env.url("NOTIFY_QUEUE_URL", ("https", "http")),
             health_timeout_s=env.number("LAMBDALOOP_HEALTH_TIMEOUT_S", 1.0, minimum=0.01),
+            max_body_bytes=env.integer("LAMBDALOOP_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
+            cache_enabled=env.flag("LAMBDALOOP_CACHE_ENABLED", True),
+            cache_ttl_s=env.number("USERS_CACHE_TTL_S", 300.0, minimum=1, maximum=86_400),
+            breaker_failures=env.integer("LAMBDALOOP_BREAKER_FAILURES", 3, minimum=1),
+            breaker_reset_s=env.number("LAMBDALOOP_BREAKER_RESET_S", 10.0, minimum=0.1),
         )
         env.check()
         return settings

@@ -1,0 +1,1 @@
+"""The Users resource: routes -> service (cache-aside) -> repository (DynamoDB)."""

@@ -1,0 +1,41 @@
+"""The Users service of this execution environment, built on first use."""
+
+from __future__ import annotations
+
+import functools
+
+from api.settings import get_api_settings
+from api.users.repository import UsersRepository
+from api.users.service import UsersService
+from lambdaloop.breaker import CircuitBreaker
+from lambdaloop.cache import Cache
+from lambdaloop.store import Table
+
+__all__ = ["users_service", "users_service_cache_clear"]
+
+
+async def users_service() -> UsersService:
+    """FastAPI dependency (async: a sync one would cost a thread hop on every request)."""
+    return _build()
+
+
+@functools.cache
+def _build() -> UsersService:
+    settings = get_api_settings()
+    cache = Cache(
+        "users",
+        version=1,
+        ttl_s=settings.cache_ttl_s,
+        enabled=settings.cache_enabled,
+        breaker=CircuitBreaker(
+            "redis (users cache)",
+            failure_threshold=settings.breaker_failures,
+            reset_timeout_s=settings.breaker_reset_s,
+        ),
+    )
+    return UsersService(UsersRepository(Table(settings.users_table)), cache)
+
+
+def users_service_cache_clear() -> None:
+    """Forget the service (tests that change the environment)."""
+    _build.cache_clear()

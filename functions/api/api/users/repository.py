@@ -1,0 +1,190 @@
+"""Users in DynamoDB (single-table design), with email uniqueness enforced by DynamoDB.
+
+USER#<id>      PROFILE   the user (with a version for optimistic concurrency)
+EMAIL#<email>  EMAIL     the email's owner: claimed in the same transaction as the user,
+                         so two users can never hold one address (no read-then-write)
+COUNTER#users  COUNTER   the last server-assigned id (UpdateItem ADD)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from api.errors import Conflict
+from lambdaloop.errors import ConditionFailed, DependencyUnavailable, TransactionConflict
+from lambdaloop.store import BatchGetResult, Item, Key, TransactOp
+
+__all__ = ["TRANSACTION_USERS", "TableLike", "UserExists", "UsersRepository", "public"]
+
+#: TransactWriteItems takes 100 operations: a user and its email claim are two.
+TRANSACTION_USERS = 50
+_PUBLIC = ("id", "name", "email", "webhook_url", "created_at", "updated_at")
+
+
+class TableLike(Protocol):
+    """What the repository needs of :class:`lambdaloop.store.Table` (fakes implement it too)."""
+
+    async def get(self, key: Key, *, consistent: bool = False) -> Item | None: ...
+    async def batch_get(
+        self, keys: Sequence[Key], *, consistent: bool = False
+    ) -> BatchGetResult: ...
+    async def increment(self, key: Key, attribute: str, by: int = 1) -> int: ...
+    async def update(
+        self,
+        key: Key,
+        changes: dict[str, Any],
+        *,
+        must_exist: bool = True,
+        condition: str | None = None,
+        names: dict[str, str] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Item: ...
+    async def transact_write(self, operations: Sequence[TransactOp]) -> None: ...
+
+
+class UserExists(Exception):
+    """A user with this id already exists (a create lost a race, or ids collided)."""
+
+
+def user_key(user_id: int) -> Key:
+    return {"pk": f"USER#{user_id}", "sk": "PROFILE"}
+
+
+def email_key(email: str) -> Key:
+    # One claim per address whatever its case: Bob@x.org and bob@x.org are one mailbox.
+    return {"pk": f"EMAIL#{email.lower()}", "sk": "EMAIL"}
+
+
+_COUNTER = {"pk": "COUNTER#users", "sk": "COUNTER"}
+
+
+def public(item: Item) -> dict[str, Any]:
+    """The user as the API shows it (no keys, no version)."""
+    user = {name: item.get(name) for name in _PUBLIC}
+    user["id"] = int(item["id"])
+    return user
+
+
+def _user_item(user: dict[str, Any], version: int) -> Item:
+    item = {**user_key(user["id"]), **{k: v for k, v in user.items() if v is not None}}
+    item["version"] = version
+    return item
+
+
+def _claim(user: dict[str, Any]) -> TransactOp:
+    return TransactOp.put(
+        {**email_key(user["email"]), "user_id": user["id"]},
+        condition="attribute_not_exists(pk)",
+    )
+
+
+class UsersRepository:
+    def __init__(self, table: TableLike) -> None:
+        self.table = table
+
+    async def get(self, user_id: int, *, consistent: bool = False) -> Item | None:
+        return await self.table.get(user_key(user_id), consistent=consistent)
+
+    async def get_many(self, user_ids: Sequence[int]) -> list[Item]:
+        """The users that exist, in one BatchGetItem (per 100); the rest are missing."""
+        result = await self.table.batch_get([user_key(i) for i in user_ids])
+        if result.unprocessed:
+            raise DependencyUnavailable("dynamodb", f"{len(result.unprocessed)} keys unread")
+        return result.items
+
+    async def next_ids(self, count: int) -> list[int]:
+        last = await self.table.increment(_COUNTER, "value", count)
+        return list(range(last - count + 1, last + 1))
+
+    async def reserve_id(self, user_id: int) -> None:
+        """Move the counter past an id a client chose (PUT), so assigned ids avoid it."""
+        with contextlib.suppress(ConditionFailed):  # the counter is already past it
+            await self.table.update(
+                _COUNTER,
+                {"value": user_id},
+                must_exist=False,
+                condition="attribute_not_exists(#value) OR #value < :reserved",
+                names={"#value": "value"},
+                values={":reserved": user_id},
+            )
+
+    async def insert(self, users: Sequence[dict[str, Any]]) -> None:
+        """Create up to 50 users and claim their emails, all or nothing.
+
+        Raises :class:`UserExists` when an id is taken and :class:`Conflict` naming the
+        emails that are already in use.
+        """
+        operations: list[TransactOp] = []
+        for user in users:
+            operations.append(
+                TransactOp.put(_user_item(user, 1), condition="attribute_not_exists(pk)")
+            )
+            operations.append(_claim(user))
+        try:
+            await self.table.transact_write(operations)
+        except TransactionConflict as exc:
+            raise _explain(exc, users) from exc
+
+    async def replace(self, current: Item, user: dict[str, Any]) -> None:
+        """Replace ``current`` with ``user`` unless someone changed it since it was read."""
+        version = int(current["version"])
+        operations = [
+            TransactOp.put(
+                _user_item(user, version + 1),
+                condition="#version = :version",
+                names={"#version": "version"},
+                values={":version": version},
+            )
+        ]
+        if email_key(current["email"]) != email_key(user["email"]):
+            operations.append(_claim(user))
+            operations.append(TransactOp.delete(email_key(current["email"])))
+        try:
+            await self.table.transact_write(operations)
+        except TransactionConflict as exc:
+            raise _explain(exc, [user]) from exc
+
+    async def remove(self, current: Item) -> None:
+        version = int(current["version"])
+        try:
+            await self.table.transact_write(
+                [
+                    TransactOp.delete(
+                        user_key(int(current["id"])),
+                        condition="#version = :version",
+                        names={"#version": "version"},
+                        values={":version": version},
+                    ),
+                    TransactOp.delete(email_key(current["email"])),
+                ]
+            )
+        except TransactionConflict as exc:
+            raise UserExists(current["id"]) from exc
+
+    async def delete_created(self, users: Sequence[dict[str, Any]]) -> None:
+        """Undo :meth:`insert` of ``users`` (a later part of a batch failed)."""
+        for start in range(0, len(users), TRANSACTION_USERS):
+            operations: list[TransactOp] = []
+            for user in users[start : start + TRANSACTION_USERS]:
+                operations.append(TransactOp.delete(user_key(user["id"])))
+                operations.append(TransactOp.delete(email_key(user["email"])))
+            await self.table.transact_write(operations)
+
+
+def _explain(exc: TransactionConflict, users: Sequence[dict[str, Any]]) -> Exception:
+    """Which condition failed: a taken email is the client's conflict, a changed or taken
+    user record is a race the service retries."""
+    taken = [
+        user["email"]
+        for index, user in enumerate(users)
+        if _failed(exc.reasons, 2 * index + 1)  # each user's claim follows its record
+    ]
+    if taken:
+        return Conflict("Email address already in use", emails=taken)
+    return UserExists()
+
+
+def _failed(reasons: Sequence[str], index: int) -> bool:
+    return index < len(reasons) and reasons[index] == "ConditionalCheckFailed"

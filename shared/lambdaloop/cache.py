@@ -1,0 +1,277 @@
+"""A cache-aside layer on Redis (ElastiCache) that never becomes a single point of failure.
+
+- Values are JSON (pydantic-core's Rust encoder), stored with a TTL that has jitter so that
+  entries written together do not expire together.
+- Keys are ``namespace:v<version>:<sha256 of the canonical JSON of the parts>``: stable across
+  processes (never ``hash()``, which is salted per process), and a version bump invalidates a
+  whole namespace at once.
+- Every Redis fault (refused, reset, timeout) is absorbed: the call reports a miss or does
+  nothing, the error is counted in a metric, and a :class:`CircuitBreaker` stops calling Redis
+  for a cool-down after repeated failures, then probes again. The source of truth answers.
+- :class:`CacheAside` (and the :func:`cached` decorator on it) reads through the cache with
+  single-flight: concurrent misses on one key in an environment cause one source read; an
+  optional short Redis lock does the same across environments.
+- ``None`` is a value: callers cache "known absent" with it. A miss is :data:`MISS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+
+from pydantic_core import from_json, to_json
+
+from lambdaloop.breaker import CircuitBreaker
+from lambdaloop.clients import redis_client
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["MISS", "Cache", "CacheAside", "cached", "stable_key"]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Miss:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: What a lookup returns when the key is not cached (or Redis is unavailable).
+MISS: Final = _Miss()
+
+
+def stable_key(namespace: str, version: int, *parts: Any) -> str:
+    """``namespace:v<version>:<sha256 of canonical JSON>``, the same in every process."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return f"{namespace}:v{version}:{digest}"
+
+
+class Cache:
+    """JSON values in Redis under one namespace, fault-tolerant (see the module docstring)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        version: int = 1,
+        ttl_s: float = 300.0,
+        jitter: float = 0.1,
+        client: redis.asyncio.Redis | None = None,
+        breaker: CircuitBreaker | None = None,
+        enabled: bool = True,
+        random_source: Callable[[], float] = random.random,
+    ) -> None:
+        if not 0 <= jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
+        self.namespace = namespace
+        self.version = version
+        self.ttl_s = ttl_s
+        self.jitter = jitter
+        self.enabled = enabled
+        self.breaker = breaker or CircuitBreaker(f"redis cache {namespace!r}")
+        self._client = client
+        self._random = random_source
+
+    def key(self, *parts: Any) -> str:
+        return stable_key(self.namespace, self.version, *parts)
+
+    def _ttl_ms(self, ttl_s: float | None) -> int:
+        base = self.ttl_s if ttl_s is None else ttl_s
+        spread = 1 - self.jitter + 2 * self.jitter * self._random()
+        return max(1, int(base * spread * 1000))
+
+    async def _call(
+        self, operation: str, call: Callable[[redis.asyncio.Redis], Awaitable[T]], fallback: T
+    ) -> T:
+        """Run one Redis call, or return ``fallback`` when Redis is off, failing or fenced off."""
+        if not self.enabled or not self.breaker.allow():
+            return fallback
+        try:
+            result = await call(self._client or redis_client())
+        except Exception as exc:
+            if not _is_redis_fault(exc):
+                raise
+            self._record_failure(operation, exc)
+            return fallback
+        self.breaker.record_success()
+        return result
+
+    def _record_failure(self, operation: str, exc: BaseException) -> None:
+        from lambdaloop.observability import get_metrics
+
+        # Logged once per outage (its first failure); every failure is counted in a metric.
+        first = self.breaker.state == "closed" and self.breaker.failures == 0
+        opened = self.breaker.record_failure()
+        if first:
+            logger.warning(
+                "cache %s failed (%s: %s); serving from the source",
+                operation,
+                type(exc).__name__,
+                exc,
+            )
+        metrics = get_metrics()
+        metrics.add_metric(name="CacheErrors", unit="Count", value=1)
+        if opened:
+            metrics.add_metric(name="CacheCircuitOpened", unit="Count", value=1)
+
+    async def get(self, key: str) -> Any:
+        """The cached value, or :data:`MISS`."""
+        raw = await self._call("GET", lambda r: r.get(key), None)
+        return MISS if raw is None else from_json(raw)
+
+    async def get_many(self, keys: Sequence[str]) -> list[Any]:
+        """One MGET; each position holds the value or :data:`MISS`."""
+        if not keys:
+            return []
+        raws: list[Any] = await self._call("MGET", lambda r: r.mget(keys), [None] * len(keys))
+        return [MISS if raw is None else from_json(raw) for raw in raws]
+
+    async def set(
+        self, key: str, value: Any, *, ttl_s: float | None = None, only_if_absent: bool = False
+    ) -> None:
+        """Write through (``only_if_absent=False``) or fill after a read (``True``: a fill
+        never overwrites a newer value that a writer put there meanwhile)."""
+        payload = to_json(value)
+        await self._call(
+            "SET", lambda r: r.set(key, payload, px=self._ttl_ms(ttl_s), nx=only_if_absent), None
+        )
+
+    async def set_many(
+        self, items: Mapping[str, Any], *, ttl_s: float | None = None, only_if_absent: bool = False
+    ) -> None:
+        """All the writes in one pipelined round trip (not a transaction)."""
+        if not items:
+            return
+
+        async def pipeline(r: redis.asyncio.Redis) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for key, value in items.items():
+                    pipe.set(key, to_json(value), px=self._ttl_ms(ttl_s), nx=only_if_absent)
+                await pipe.execute()
+
+        await self._call("SET (pipeline)", pipeline, None)
+
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self._call("DEL", lambda r: r.delete(*keys), None)
+
+    async def acquire_lock(self, key: str, ttl_s: float) -> bool:
+        """A short lock on ``key`` for cross-environment stampede protection.
+
+        True when this caller should load the value: it won the lock, or Redis cannot say
+        (a cache outage must never block the source).
+        """
+
+        async def lock(r: redis.asyncio.Redis) -> bool:
+            ttl_ms = max(1, int(ttl_s * 1000))
+            return bool(await r.set(f"{key}:lock", b"1", px=ttl_ms, nx=True))
+
+        return await self._call("SET NX (lock)", lock, True)
+
+
+def _is_redis_fault(exc: BaseException) -> bool:
+    import redis.exceptions
+
+    return isinstance(exc, redis.exceptions.RedisError | OSError | TimeoutError)
+
+
+class _SingleFlight:
+    """Concurrent callers for one key share one in-flight load."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, asyncio.Task[Any]] = {}
+
+    async def do(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        task = self._flights.get(key)
+        if task is None:
+            task = asyncio.ensure_future(load())
+            self._flights[key] = task
+            task.add_done_callback(lambda _: self._flights.pop(key, None))
+        # shield: one caller giving up (cancelled) must not cancel the others' load.
+        result: T = await asyncio.shield(task)
+        return result
+
+
+class CacheAside:
+    """Read through ``cache``: hit, or one load from the source per key, then a fill."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        *,
+        ttl_s: float | None = None,
+        lock_ttl_s: float | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.cache = cache
+        self.ttl_s = ttl_s
+        self.lock_ttl_s = lock_ttl_s
+        self._sleep = sleep
+        self._flights = _SingleFlight()
+
+    async def get_or_load(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        hit = await self.cache.get(key)
+        if hit is not MISS:
+            return hit  # type: ignore[no-any-return]
+        return await self._flights.do(key, lambda: self._load(key, load))
+
+    async def _load(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        if self.lock_ttl_s and not await self.cache.acquire_lock(key, self.lock_ttl_s):
+            filled = await self._wait_for_fill(key, self.lock_ttl_s)
+            if filled is not MISS:
+                return filled  # type: ignore[no-any-return]
+        value = await load()
+        await self.cache.set(key, value, ttl_s=self.ttl_s, only_if_absent=True)
+        return value
+
+    async def _wait_for_fill(self, key: str, budget_s: float) -> Any:
+        # Another environment holds the lock and is loading: poll its fill, with backoff,
+        # for at most the lock's lifetime, then load anyway.
+        delay, waited = 0.01, 0.0
+        while waited < budget_s:
+            await self._sleep(delay)
+            waited += delay
+            value = await self.cache.get(key)
+            if value is not MISS:
+                return value
+            delay = min(delay * 2, 0.1)
+        return MISS
+
+
+def cached(
+    cache: Cache,
+    *,
+    key: Callable[P, Sequence[Any]],
+    ttl_s: float | None = None,
+    lock_ttl_s: float | None = None,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Cache-aside for an async function; ``key`` maps its arguments to the key's parts."""
+
+    def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        aside = CacheAside(cache, ttl_s=ttl_s, lock_ttl_s=lock_ttl_s)
+
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await aside.get_or_load(
+                cache.key(*key(*args, **kwargs)), lambda: fn(*args, **kwargs)
+            )
+
+        return wrapper
+
+    return decorate

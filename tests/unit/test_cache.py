@@ -1,0 +1,259 @@
+"""The cache layer over a fake Redis (fakeredis, behind redis.asyncio's own interface)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import pytest
+from fakeredis import FakeAsyncRedis
+from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from lambdaloop.breaker import CircuitBreaker
+from lambdaloop.cache import MISS, Cache, CacheAside, cached, stable_key
+from lambdaloop.runtime import get_loop
+
+T = TypeVar("T")
+
+
+def run(work: Awaitable[T]) -> T:
+    return get_loop().run_until_complete(work)
+
+
+class CountingRedis(FakeAsyncRedis):
+    """A fake Redis that counts the commands it is sent and can be switched off."""
+
+    def __init__(self) -> None:
+        # The same pool class and size as lambdaloop.clients gives the real client.
+        super().__init__(connection_pool_class=BlockingConnectionPool, max_connections=64)
+        self.commands: Counter[str] = Counter()
+        self.down = False
+        self.gets_reached = asyncio.Event()
+        self.gets_target = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.down:
+            raise RedisConnectionError("Connection refused")
+        name = str(args[0]).upper()
+        self.commands[name] += 1
+        if name == "GET" and self.gets_target and self.commands[name] >= self.gets_target:
+            self.gets_reached.set()
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+
+def state_of(breaker: CircuitBreaker) -> str:
+    return breaker.state
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def redis() -> CountingRedis:
+    return CountingRedis()
+
+
+def make_cache(redis: CountingRedis, **kwargs: Any) -> Cache:
+    return Cache("users", client=redis, **kwargs)
+
+
+def test_keys_are_stable_across_processes_and_versioned() -> None:
+    here = stable_key("users", 1, "user", 42)
+    code = "from lambdaloop.cache import stable_key; print(stable_key('users', 1, 'user', 42))"
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+    assert here == elsewhere
+    assert here.startswith("users:v1:")
+    assert stable_key("users", 2, "user", 42) != here
+    assert stable_key("users", 1, "user", 43) != here
+    assert stable_key("users", 1, {"b": 1, "a": 2}) == stable_key("users", 1, {"a": 2, "b": 1})
+
+
+def test_values_round_trip_and_none_is_not_a_miss(redis: CountingRedis) -> None:
+    cache = make_cache(redis)
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        await cache.set("a", {"id": 1, "tags": ["x"]})
+        await cache.set("absent", None)
+        return await cache.get("a"), await cache.get("absent"), await cache.get("never")
+
+    value, absent, never = run(scenario())
+
+    assert value == {"id": 1, "tags": ["x"]}
+    assert absent is None
+    assert never is MISS
+
+
+def test_ttl_has_jitter_within_bounds(redis: CountingRedis) -> None:
+    lows = make_cache(redis, ttl_s=100, jitter=0.1, random_source=lambda: 0.0)
+    highs = make_cache(redis, ttl_s=100, jitter=0.1, random_source=lambda: 0.999)
+
+    async def scenario() -> tuple[int, int]:
+        await lows.set("low", 1)
+        await highs.set("high", 1)
+        return await redis.pttl("low"), await redis.pttl("high")
+
+    low, high = run(scenario())
+
+    assert 89_000 <= low <= 90_000
+    assert 109_000 < high <= 110_000
+
+
+def test_a_fill_never_overwrites_a_write(redis: CountingRedis) -> None:
+    cache = make_cache(redis)
+
+    async def scenario() -> Any:
+        await cache.set("k", "written")
+        await cache.set("k", "stale read", only_if_absent=True)
+        return await cache.get("k")
+
+    assert run(scenario()) == "written"
+
+
+def test_many_keys_take_one_mget_and_one_pipeline(redis: CountingRedis) -> None:
+    cache = make_cache(redis)
+    keys = [f"k{i}" for i in range(100)]
+
+    async def scenario() -> list[Any]:
+        await cache.set_many({k: i for i, k in enumerate(keys[:60])})
+        return await cache.get_many(keys)
+
+    values = run(scenario())
+
+    assert values[:60] == list(range(60))
+    assert all(v is MISS for v in values[60:])
+    assert redis.commands["MGET"] == 1
+    assert redis.commands["GET"] == 0
+
+
+def test_redis_faults_are_misses_and_open_the_circuit(redis: CountingRedis) -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("test", failure_threshold=3, reset_timeout_s=5, clock=clock)
+    cache = make_cache(redis, breaker=breaker)
+    redis.down = True
+
+    async def gets(n: int) -> list[Any]:
+        return [await cache.get("k") for _ in range(n)]
+
+    # Three failures open the circuit; after that Redis is not called at all.
+    assert run(gets(10)) == [MISS] * 10
+    assert breaker.state == "open"
+    assert breaker.failures == 3
+
+    # After the cool-down one probe goes through; Redis is back, so the circuit closes.
+    redis.down = False
+    run(cache.set("k", "v"))  # refused: still open
+    clock.now += 5
+    assert run(cache.get("k")) is MISS  # the probe: answered (nothing was stored)
+    assert state_of(breaker) == "closed"
+    run(cache.set("k", "v"))
+    assert run(cache.get("k")) == "v"
+
+
+def test_a_failed_probe_opens_the_circuit_again() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("test", failure_threshold=1, reset_timeout_s=5, clock=clock)
+
+    assert breaker.allow()
+    assert breaker.record_failure() is True
+    assert not breaker.allow()
+    clock.now += 5
+    assert breaker.allow()  # the one probe
+    assert not breaker.allow()  # and only one
+    assert breaker.record_failure() is True
+    assert breaker.state == "open"
+
+
+def test_a_disabled_cache_never_calls_redis(redis: CountingRedis) -> None:
+    cache = make_cache(redis, enabled=False)
+
+    async def scenario() -> Any:
+        await cache.set("k", 1)
+        return await cache.get("k")
+
+    assert run(scenario()) is MISS
+    assert sum(redis.commands.values()) == 0
+
+
+def test_single_flight_one_source_read_for_200_concurrent_misses(redis: CountingRedis) -> None:
+    aside = CacheAside(make_cache(redis))
+    reads = 0
+    release = asyncio.Event()
+
+    async def load() -> dict[str, int]:
+        nonlocal reads
+        reads += 1
+        await release.wait()  # hold the load open until every caller has missed
+        return {"id": 7}
+
+    async def scenario() -> list[Any]:
+        redis.gets_target = 200
+        callers = [asyncio.ensure_future(aside.get_or_load("user-7", load)) for _ in range(200)]
+        # Every caller has looked in the cache and missed (the bound only guards a hang).
+        await asyncio.wait_for(redis.gets_reached.wait(), 30)
+        release.set()
+        return await asyncio.gather(*callers)
+
+    results = run(scenario())
+
+    assert reads == 1
+    assert results == [{"id": 7}] * 200
+    assert run(aside.cache.get("user-7")) == {"id": 7}
+
+
+def test_the_redis_lock_makes_other_environments_wait_for_the_fill(
+    redis: CountingRedis,
+) -> None:
+    # Two environments: each has its own CacheAside (its own single-flight), one Redis.
+    sleeps: list[float] = []
+    first = CacheAside(make_cache(redis), lock_ttl_s=1.0)
+    second_cache = make_cache(redis)
+
+    async def record_sleep(delay: float) -> None:
+        sleeps.append(delay)
+        if len(sleeps) == 2:  # meanwhile the lock holder fills the cache
+            await second_cache.set("k", "from the lock holder")
+
+    second = CacheAside(second_cache, lock_ttl_s=1.0, sleep=record_sleep)
+    loads: list[str] = []
+
+    async def load(name: str) -> str:
+        loads.append(name)
+        return name
+
+    async def scenario() -> str:
+        assert await redis.set("k:lock", b"1", px=1000, nx=True)  # held by another environment
+        return await second.get_or_load("k", lambda: load("second"))
+
+    assert run(scenario()) == "from the lock holder"
+    assert loads == []
+    assert len(sleeps) == 2
+    assert first.lock_ttl_s == 1.0
+
+
+def test_the_decorator(redis: CountingRedis) -> None:
+    cache = make_cache(redis)
+    calls: list[int] = []
+
+    @cached(cache, key=lambda user_id: ("user", user_id))
+    async def load_user(user_id: int) -> dict[str, int]:
+        calls.append(user_id)
+        return {"id": user_id}
+
+    async def scenario() -> list[dict[str, int]]:
+        return [await load_user(1), await load_user(1), await load_user(2)]
+
+    assert run(scenario()) == [{"id": 1}, {"id": 1}, {"id": 2}]
+    assert calls == [1, 2]
