@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from lambdaloop_local.functions import FunctionPool, InvocationError, LocalFunction
 from lambdaloop_local.services import SilentServer, free_port
 from lambdaloop_local.stack import LocalStack
-from support import requires_redis_server
+from support import http_event, requires_redis_server
 
 EVENTS = Path(__file__).parents[2] / "infra" / "events"
+JSON = {"content-type": "application/json"}
 
 
 def api_function(stack: LocalStack, **overrides: str) -> LocalFunction:
@@ -104,24 +104,37 @@ def test_dynamodb_unreachable_is_a_503(local_stack: LocalStack) -> None:
     assert body["checks"]["redis"] == "ok"
 
 
-@pytest.mark.parametrize(
-    ("name", "status"),
-    [("api-root.json", 200), ("api-health.json", 200), ("api-not-found.json", 404)],
-)
-def test_the_sam_local_invoke_events_parse_in_the_handler(
-    local_stack: LocalStack, name: str, status: int
-) -> None:
-    async def invoke() -> Any:
+def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStack) -> None:
+    # In this order they tell a story: create user 1, read, change and delete it.
+    expected = {
+        "api-root.json": 200,
+        "api-health.json": 200,
+        "api-not-found.json": 404,
+        "users-replace.json": 201,
+        "users-get.json": 200,
+        "users-patch.json": 200,
+        "users-batch-get.json": 200,
+        "users-delete.json": 204,
+        "users-create.json": 201,
+        "users-batch-create.json": 201,
+    }
+    assert set(expected) == {p.name for p in EVENTS.glob("*.json")}, "an event is not tested"
+    assert local_stack.moto is not None
+    local_stack.moto.reset()  # an empty stack: user 1 does not exist yet
+    local_stack.create_resources()
+
+    async def invoke_all() -> dict[str, int]:
         pool = FunctionPool(api_function(local_stack))
         try:
-            return (await pool.invoke(event(name))).result
+            return {
+                name: (await pool.invoke(event(name))).result["statusCode"] for name in expected
+            }
         finally:
             await pool.aclose()
 
-    result = asyncio.run(invoke())
+    statuses = asyncio.run(invoke_all())
 
-    assert result["statusCode"] == status
-    assert result["headers"]["content-type"] in {"application/json", "application/problem+json"}
+    assert statuses == expected
 
 
 def test_a_bad_environment_fails_the_cold_start_naming_the_variable(
@@ -147,3 +160,45 @@ def test_a_bad_environment_fails_the_cold_start_naming_the_variable(
     assert error.payload["errorType"] == "Runtime.ImportModuleError"
     assert "USERS_TABLE: is required but not set" in error.payload["errorMessage"]
     assert "LAMBDALOOP_HEALTH_TIMEOUT_S: must be a number" in error.payload["errorMessage"]
+
+
+def test_a_redis_that_never_answers_costs_three_calls_then_none(local_stack: LocalStack) -> None:
+    # Given an API whose Redis accepts connections and never answers, and a breaker whose
+    # cool-down outlasts the test
+    with SilentServer() as silent:
+        function = api_function(
+            local_stack, REDIS_URL=silent.url, LAMBDALOOP_BREAKER_RESET_S="3600"
+        )
+        body = json.dumps({"name": "Hung", "email": f"hung-{uuid.uuid4().hex[:8]}@x.org"})
+
+        async def scenario() -> tuple[list[int], int, list[int], int, Any]:
+            pool = FunctionPool(function)
+            try:
+                created = await pool.invoke(
+                    http_event("POST", "/users", headers=JSON, body=body.encode())
+                )
+                user_id = json.loads(created.result["body"])["id"]
+                first = [created.result["statusCode"]]
+                for _ in range(4):
+                    outcome = await pool.invoke(http_event("GET", f"/users/{user_id}"))
+                    first.append(outcome.result["statusCode"])
+                connections = silent.connections
+                later = []
+                for _ in range(5):
+                    outcome = await pool.invoke(http_event("GET", f"/users/{user_id}"))
+                    later.append(outcome.result["statusCode"])
+                health = await pool.invoke(event("api-health.json"))
+                return first, connections, later, silent.connections, health.result
+            finally:
+                await pool.aclose()
+
+        first, connections, later, after, health = asyncio.run(scenario())
+
+    # Then every request succeeds from DynamoDB ...
+    assert first == [201, 200, 200, 200, 200]
+    assert later == [200] * 5
+    # ... Redis was tried until the breaker opened, then not at all ...
+    assert 1 <= connections <= 3
+    # ... and health (which probes Redis itself, past the breaker) says degraded.
+    assert json.loads(health["body"])["checks"]["redis"] == "timeout"
+    assert after == connections + 1

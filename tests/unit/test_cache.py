@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
-from fakeredis import FakeAsyncRedis
-from redis.asyncio import BlockingConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
 
+from fakes import CountingRedis
 from lambdaloop.breaker import CircuitBreaker
 from lambdaloop.cache import MISS, Cache, CacheAside, cached, stable_key
 from lambdaloop.runtime import get_loop
@@ -23,27 +20,6 @@ T = TypeVar("T")
 
 def run(work: Awaitable[T]) -> T:
     return get_loop().run_until_complete(work)
-
-
-class CountingRedis(FakeAsyncRedis):
-    """A fake Redis that counts the commands it is sent and can be switched off."""
-
-    def __init__(self) -> None:
-        # The same pool class and size as lambdaloop.clients gives the real client.
-        super().__init__(connection_pool_class=BlockingConnectionPool, max_connections=64)
-        self.commands: Counter[str] = Counter()
-        self.down = False
-        self.gets_reached = asyncio.Event()
-        self.gets_target = 0
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if self.down:
-            raise RedisConnectionError("Connection refused")
-        name = str(args[0]).upper()
-        self.commands[name] += 1
-        if name == "GET" and self.gets_target and self.commands[name] >= self.gets_target:
-            self.gets_reached.set()
-        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
 def state_of(breaker: CircuitBreaker) -> str:
