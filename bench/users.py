@@ -16,6 +16,10 @@ is timed with ``time.perf_counter`` around the handler call; every answer must b
   the same handler configured without a cache (``LAMBDALOOP_CACHE_ENABLED=false``): both read
   DynamoDB (moto); goal p50 <= 1.2 x no-cache. Redis is restarted afterwards.
 
+Beside (a) and (b), a bare route that awaits the same GET or MGET itself (and parses the JSON)
+is shown too: the least a cache-backed route costs. It is above the sum of its parts, because
+the request then waits on the socket inside the app's task.
+
 Everything runs on the execution environment's one loop (``lambdaloop.runtime.get_loop()``),
 the peers included. The Redis peers are awaited inside a running coroutine, so they cost only
 the round trip (the bare route already pays for entering the loop). Peers are interleaved in
@@ -26,8 +30,8 @@ again by real failing requests) and discards a warm-up after each switch. The ha
 stdout (JSON logs, EMF metrics) is captured and shown only when the run fails.
 
 Run it with ``.venv/bin/python bench/users.py`` from the repository (``--iterations N`` for the
-single-user calls, ``--batch-iterations N`` for the 100-user ones, ``--json`` to print the
-numbers as JSON too).
+single-user calls of (a), ``--batch-iterations N`` for the 100-user ones of (b) and (c),
+``--down-iterations N`` for (d), ``--json`` to print the numbers as JSON too).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,24 +128,45 @@ def checked(response: dict[str, Any], expected: int, what: str) -> Any:
     return json.loads(body) if body else None
 
 
-def bare_handler(users: dict[int, dict[str, Any]]) -> Handler:
-    """A bare FastAPI + Mangum app with the same two reads, on the environment's loop."""
-    from typing import Annotated
+def bare_handler(
+    users: dict[int, dict[str, Any]],
+    redis: redis.asyncio.Redis | None = None,
+    keys: dict[int, str] | None = None,
+) -> Handler:
+    """A bare FastAPI + Mangum app with the same two reads, on the environment's loop.
 
+    Given a Redis client (and the users' keys), its routes await the GET or MGET themselves
+    and parse the JSON: the least a cache-backed route costs. Else they answer from memory.
+    """
     from fastapi import FastAPI, Query
     from mangum import Mangum
+    from pydantic_core import from_json
 
     from lambdaloop.runtime import get_loop
 
     app = FastAPI()
+    key = (keys or {}).__getitem__
+
+    def parse(raw: bytes | str | None) -> Any:
+        if raw is None:
+            raise BenchError("a cached user is missing")  # a 500, reported by the sampler
+        return from_json(raw)
 
     @app.get("/users/batch", response_model=None)
-    async def get_many(user_ids: Annotated[list[int], Query()]) -> dict[str, Any]:
-        return {"users": [users[i] for i in user_ids], "missing": []}
+    async def get_many(user_ids: list[int] = Query()) -> dict[str, Any]:  # noqa: B008
+        # (Annotated[..., Query()] would not resolve here: the annotations are strings and
+        # FastAPI looks their names up in the module.)
+        if redis is None:
+            return {"users": [users[i] for i in user_ids], "missing": []}
+        raws = await redis.mget([key(i) for i in user_ids])
+        return {"users": [parse(raw) for raw in raws], "missing": []}
 
     @app.get("/users/{user_id}", response_model=None)
     async def get_one(user_id: int) -> dict[str, Any]:
-        return users[user_id]
+        if redis is None:
+            return users[user_id]
+        user: dict[str, Any] = parse(await redis.get(key(user_id)))
+        return user
 
     get_loop()  # made current first, so Mangum runs on it
     adapter: Handler = Mangum(app, lifespan="off")
@@ -155,11 +180,13 @@ def handler_sampler(
     handler: Handler,
     events: Sequence[dict[str, Any]],
     context: Any,
+    *,
     what: str,
     prepare: Callable[[], None] | None = None,
+    after: Callable[[], None] | None = None,
 ) -> Sampler:
-    """Times ``handler`` on ``events`` in turn; ``prepare`` runs (untimed) before each block,
-    followed by :data:`SWITCH_WARMUP` uncounted calls."""
+    """Times ``handler`` on ``events`` in turn. ``prepare`` runs (untimed) before each block,
+    followed by :data:`SWITCH_WARMUP` uncounted calls; ``after`` checks the state after it."""
     position = 0
 
     def call() -> float:
@@ -178,7 +205,10 @@ def handler_sampler(
             prepare()
             for _ in range(SWITCH_WARMUP):
                 call()
-        return [call() for _ in range(n)]
+        samples = [call() for _ in range(n)]
+        if after is not None:
+            after()
+        return samples
 
     return run
 
@@ -197,7 +227,9 @@ def redis_sampler(loop: asyncio.AbstractEventLoop, op: Callable[[int], Awaitable
     return lambda n: loop.run_until_complete(timed(n))
 
 
-def interleave(samplers: dict[str, Sampler], n: int, warmup: int = WARMUP) -> dict[str, list[float]]:
+def interleave(
+    samplers: dict[str, Sampler], n: int, warmup: int = WARMUP
+) -> dict[str, list[float]]:
     """An uncounted warm-up, then :data:`BLOCKS` rounds of ``n / BLOCKS`` calls per peer,
     alternating which peer goes first."""
     names = list(samplers)
@@ -258,13 +290,6 @@ def forget_environment() -> None:
     users_service_cache_clear()
 
 
-def breaker_state() -> str:
-    from api.users.dependencies import users_service
-    from lambdaloop.runtime import get_loop
-
-    return get_loop().run_until_complete(users_service()).cache.breaker.state
-
-
 class Bench:
     def __init__(self, stack: LocalStack, args: argparse.Namespace) -> None:
         from api.app import create_app
@@ -281,7 +306,8 @@ class Bench:
         self.one_events = [api_event("GET", f"/users/{i}") for i in ids]
         query = "&".join(f"user_ids={i}" for i in ids)
         self.batch_events = [api_event("GET", "/users/batch", query=query)]
-        self.keys = [self._service().cache.key("user", i) for i in ids]
+        self.key_of = {i: self._service().cache.key("user", i) for i in ids}
+        self.keys = list(self.key_of.values())
         self.redis: redis.asyncio.Redis = self.loop.run_until_complete(self._peer_client())
 
     def _service(self) -> Any:
@@ -304,7 +330,8 @@ class Bench:
         created = self.handler(api_event("POST", "/users/batch", body=body), self.context)
         users = {u["id"]: u for u in checked(created, 201, "POST /users/batch")["users"]}
         for user_id, user in users.items():  # warm up and check what the cache answers
-            got = checked(self.handler(api_event("GET", f"/users/{user_id}"), self.context), 200, "")
+            response = self.handler(api_event("GET", f"/users/{user_id}"), self.context)
+            got = checked(response, 200, f"GET /users/{user_id}")
             if got != user:
                 raise BenchError(f"GET /users/{user_id} answered {got}, created {user}")
         return users
@@ -318,6 +345,7 @@ class Bench:
     def cache_paths(self) -> dict[str, list[float]]:
         n, batch_n = self.args.iterations, self.args.batch_iterations
         bare = bare_handler(self.users)
+        inline = bare_handler(self.users, self.redis, self.key_of)
         keys, redis = self.keys, self.redis
 
         async def get(i: int) -> None:
@@ -340,9 +368,12 @@ class Bench:
         samples = interleave(
             {
                 "lambdaloop_get": handler_sampler(
-                    self.handler, self.one_events, self.context, "lambdaloop"
+                    self.handler, self.one_events, self.context, what="lambdaloop"
                 ),
-                "bare_get": handler_sampler(bare, self.one_events, self.context, "bare"),
+                "bare_get": handler_sampler(bare, self.one_events, self.context, what="bare"),
+                "bare_inline_get": handler_sampler(
+                    inline, self.one_events, self.context, what="bare + GET inline"
+                ),
                 "redis_get": redis_sampler(self.loop, get),
             },
             n,
@@ -350,18 +381,19 @@ class Bench:
         samples |= interleave(
             {
                 "lambdaloop_batch": handler_sampler(
-                    self.handler, self.batch_events, self.context, "lambdaloop"
+                    self.handler, self.batch_events, self.context, what="lambdaloop"
                 ),
-                "bare_batch": handler_sampler(bare, self.batch_events, self.context, "bare"),
+                "bare_batch": handler_sampler(bare, self.batch_events, self.context, what="bare"),
+                "bare_inline_batch": handler_sampler(
+                    inline, self.batch_events, self.context, what="bare + MGET inline"
+                ),
                 "redis_mget": redis_sampler(self.loop, mget),
             },
             batch_n,
             warmup=WARMUP // 5,
         )
         samples |= interleave(
-            {"redis_100_gets": redis_sampler(self.loop, gets), "redis_mget_c": samples_of(mget)}
-            if False
-            else {
+            {
                 "redis_100_gets": redis_sampler(self.loop, gets),
                 "redis_1_mget": redis_sampler(self.loop, mget),
             },
@@ -371,3 +403,278 @@ class Bench:
         if (missed := self._redis_misses() - misses) != 0:
             raise BenchError(f"{missed} Redis read(s) missed: not every read was a cache hit")
         return samples
+
+    # -- (d): Redis down, breaker open, against no cache at all
+
+    def redis_down(self) -> dict[str, list[float]]:
+        from api.app import create_app
+        from lambdaloop.asgi import asgi_handler
+
+        server = self.stack.redis
+        if server is None or not server.is_real:
+            raise BenchError("(d) needs a real redis-server to kill")
+        # Opened, the breaker stays open for the whole measurement (no half-open probes).
+        os.environ["LAMBDALOOP_BREAKER_RESET_S"] = "3600"
+        server.kill()
+        try:
+            self._no_cache()
+            no_cache_handler = asgi_handler(create_app())
+            return interleave(
+                {
+                    "lambdaloop_down": handler_sampler(
+                        self.handler,
+                        self.one_events,
+                        self.context,
+                        what="lambdaloop, Redis down",
+                        prepare=self._open_breaker,
+                        after=self._check_open,
+                    ),
+                    "no_cache": handler_sampler(
+                        no_cache_handler,
+                        self.one_events,
+                        self.context,
+                        what="no cache",
+                        prepare=self._no_cache,
+                        after=self._check_off,
+                    ),
+                },
+                self.args.down_iterations,
+                warmup=0,  # each block warms up after its switch
+            )
+        finally:
+            server.restart()
+            for name in ("LAMBDALOOP_CACHE_ENABLED", "LAMBDALOOP_BREAKER_RESET_S"):
+                os.environ.pop(name, None)
+            forget_environment()
+
+    @staticmethod
+    def _configure(*, cache_enabled: bool) -> None:
+        forget_environment()
+        os.environ["LAMBDALOOP_CACHE_ENABLED"] = "true" if cache_enabled else "false"
+
+    def _open_breaker(self) -> None:
+        self._configure(cache_enabled=True)
+        for _ in range(10):  # each fails fast (refused) and is served from DynamoDB
+            response = self.handler(self.one_events[0], self.context)
+            checked(response, 200, "GET /users/{id} with Redis down")
+            if self._service().cache.breaker.state == "open":
+                return
+        raise BenchError(f"the breaker did not open: {self._service().cache.breaker.state}")
+
+    def _no_cache(self) -> None:
+        self._configure(cache_enabled=False)
+
+    def _check_open(self) -> None:
+        if (state := self._service().cache.breaker.state) != "open":
+            raise BenchError(f"the breaker left 'open' during (d): it is {state!r}")
+
+    def _check_off(self) -> None:
+        if self._service().cache.enabled:
+            raise BenchError("the no-cache configuration has its cache enabled")
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.redis.aclose())
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def table_rows(stats: dict[str, Stats]) -> list[Row]:
+    def p50(name: str) -> float:
+        return stats[name].p50_us
+
+    return [
+        Row(
+            "(a) GET /users/{id}, cache hit",
+            "lambdaloop_get",
+            "bare+GET",
+            p50("bare_get") + p50("redis_get"),
+            GOAL_HIT,
+        ),
+        Row(
+            "(b) GET /users/batch, 100 cached",
+            "lambdaloop_batch",
+            "bare+MGET",
+            p50("bare_batch") + p50("redis_mget"),
+            GOAL_BATCH,
+        ),
+        Row("(c) 100 x GET vs 1 x MGET(100)", "redis_100_gets", "MGET", p50("redis_1_mget"), None),
+        Row(
+            "(d) GET /users/{id}, Redis down",
+            "lambdaloop_down",
+            "no-cache",
+            p50("no_cache"),
+            GOAL_DOWN,
+        ),
+    ]
+
+
+def goal_text(ratio: float, goal: float | None) -> str:
+    if goal is None:
+        return "(shown)"
+    return f"<={goal}x {'met' if ratio <= goal else 'NOT met'}"
+
+
+def render_table(stats: dict[str, Stats], args: argparse.Namespace, redis_kind: str) -> list[str]:
+    lines = [
+        f"users API cache paths (in-process Lambda handler, moto + {redis_kind}; "
+        f"python {platform.python_version()}; N={args.iterations} single, "
+        f"{args.batch_iterations} batch, {args.down_iterations} Redis down)",
+        f"{'path':<36}{'p50 us':>9}{'p99 us':>9}   {'peer p50 us':<20}{'ratio':>7}   goal",
+    ]
+    for row in table_rows(stats):
+        ours, ratio = stats[row.series], row.ratio(stats)
+        peer = f"{row.peer_label} {row.peer_us:.1f}"
+        lines.append(
+            f"{row.path:<36}{ours.p50_us:>9.1f}{ours.p99_us:>9.1f}   {peer:<20}"
+            f"{ratio:>6.2f}x   {goal_text(ratio, row.goal)}"
+        )
+    lines.extend(footnotes(stats))
+    return lines
+
+
+def footnotes(stats: dict[str, Stats]) -> list[str]:
+    def us(name: str) -> str:
+        return f"{stats[name].p50_us:.1f}/{stats[name].p99_us:.1f}"
+
+    def floor(inline: str, parts: tuple[str, str], ours: str) -> str:
+        inline_us = stats[inline].p50_us
+        summed = stats[parts[0]].p50_us + stats[parts[1]].p50_us
+        return (
+            f"{inline_us:.1f} us = {inline_us / summed:.2f}x the sum; "
+            f"lambdaloop {stats[ours].p50_us / inline_us:.2f}x it"
+        )
+
+    return [
+        f"peers p50/p99 us: bare GET /users/{{id}} {us('bare_get')}, redis GET {us('redis_get')};",
+        f"  bare GET /users/batch {us('bare_batch')}, MGET(100) {us('redis_mget')};",
+        f"  no-cache GET /users/{{id}} {us('no_cache')}",
+        "a bare route that awaits the read itself (the peer's redis.asyncio client, from_json):",
+        f"  (a) {floor('bare_inline_get', ('bare_get', 'redis_get'), 'lambdaloop_get')}",
+        f"  (b) {floor('bare_inline_batch', ('bare_batch', 'redis_mget'), 'lambdaloop_batch')}",
+        "every answer 200; (a)-(c) with 0 Redis misses; (d) with the breaker open throughout and",
+        "DynamoDB on moto (a thread of this process). Redis peers: redis.asyncio awaited on the",
+        f"same loop. {BLOCKS} interleaved blocks per comparison, warm-up discarded.",
+    ]
+
+
+def raw_numbers(
+    stats: dict[str, Stats], args: argparse.Namespace, redis_kind: str
+) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "redis": redis_kind,
+        "iterations": args.iterations,
+        "batch_iterations": args.batch_iterations,
+        "down_iterations": args.down_iterations,
+        "series": {
+            name: {
+                "n": s.n,
+                "p50_us": round(s.p50_us, 2),
+                "p90_us": round(s.p90_us, 2),
+                "p99_us": round(s.p99_us, 2),
+                "mean_us": round(s.mean_us, 2),
+            }
+            for name, s in stats.items()
+        },
+        "rows": [
+            {
+                "path": row.path,
+                "p50_us": round(stats[row.series].p50_us, 2),
+                "p99_us": round(stats[row.series].p99_us, 2),
+                "peer": row.peer_label,
+                "peer_p50_us": round(row.peer_us, 2),
+                "ratio": round(row.ratio(stats), 3),
+                "goal": row.goal,
+                "met": None if row.goal is None else row.ratio(stats) <= row.goal,
+            }
+            for row in table_rows(stats)
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def import_paths() -> None:
+    """The API function's code and the layer, as Lambda lays them out (/var/task, /opt)."""
+    for path in (ROOT / "infra", ROOT / "shared", API_CODE_URI):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+
+
+def quiet_logs() -> None:
+    """No INFO lines from the handler (Powertools reads this when it builds its Logger) nor
+    from moto's server, so the table stays readable."""
+    os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+    for name in ("werkzeug", "moto", "botocore", "lambdaloop_local"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], str]:
+    from lambdaloop_local.stack import LocalStack, StackConfig
+
+    stack = LocalStack(StackConfig(aws_port=0, redis_port=0))
+    stack.start()
+    try:
+        os.environ.update(stack.function_environment("ApiFunction"))
+        forget_environment()
+        bench = Bench(stack, args)
+        try:
+            samples = bench.cache_paths()
+            samples |= bench.redis_down()
+        finally:
+            bench.close()
+        return samples, stack.redis_kind
+    finally:
+        stack.stop()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--iterations", type=int, default=2000, help="timed single-user calls per peer (2000)"
+    )
+    parser.add_argument(
+        "--batch-iterations", type=int, default=500, help="timed 100-user calls per peer (500)"
+    )
+    parser.add_argument(
+        "--down-iterations",
+        type=int,
+        default=1000,
+        help="timed calls per peer with Redis down (1000; each reads DynamoDB)",
+    )
+    parser.add_argument("--json", action="store_true", help="also print the numbers as JSON")
+    args = parser.parse_args(argv)
+    for name in ("iterations", "batch_iterations", "down_iterations"):
+        if getattr(args, name) < BLOCKS * 10:
+            parser.error(f"--{name.replace('_', '-')} must be at least {BLOCKS * 10}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import_paths()
+    quiet_logs()
+    captured = io.StringIO()  # the handler's JSON logs and EMF metrics
+    try:
+        with contextlib.redirect_stdout(captured):
+            samples, redis_kind = measure(args)
+    except BenchError as exc:
+        print(
+            f"users: {exc}\nthe handler's last output:\n{captured.getvalue()[-4000:]}",
+            file=sys.stderr,
+        )
+        return 1
+    except BaseException:
+        print(f"the handler's last output:\n{captured.getvalue()[-4000:]}", file=sys.stderr)
+        raise
+    stats = {name: Stats.of(values) for name, values in samples.items()}
+    print("\n".join(render_table(stats, args, redis_kind)))
+    if args.json:
+        print(json.dumps(raw_numbers(stats, args, redis_kind), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
