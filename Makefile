@@ -74,6 +74,7 @@ format: env
 
 bench: env
 	$(VENV)/bin/python bench/coldstart.py
+	$(VENV)/bin/python bench/users.py
 
 # The layer's requirements are exported from the lock so the deployed layer and the local
 # environment run the same versions.

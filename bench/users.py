@@ -17,8 +17,8 @@ is timed with ``time.perf_counter`` around the handler call; every answer must b
   DynamoDB (moto); goal p50 <= 1.2 x no-cache. Redis is restarted afterwards.
 
 Beside (a) and (b), a bare route that awaits the same GET or MGET itself (and parses the JSON)
-is shown too: the least a cache-backed route costs. It is above the sum of its parts, because
-the request then waits on the socket inside the app's task.
+is shown too: the least a cache-backed route costs. It comes out above the sum of its parts
+(bare route + read, timed apart), which the goals are set against.
 
 Everything runs on the execution environment's one loop (``lambdaloop.runtime.get_loop()``),
 the peers included. The Redis peers are awaited inside a running coroutine, so they cost only
@@ -29,7 +29,7 @@ clients and the users service are forgotten, the environment is changed, the bre
 again by real failing requests) and discards a warm-up after each switch. The handler's own
 stdout (JSON logs, EMF metrics) is captured and shown only when the run fails.
 
-Run it with ``.venv/bin/python bench/users.py`` from the repository (``--iterations N`` for the
+Run it with ``.venv/bin/python bench/users.py``, from any directory (``--iterations N`` for the
 single-user calls of (a), ``--batch-iterations N`` for the 100-user ones of (b) and (c),
 ``--down-iterations N`` for (d), ``--json`` to print the numbers as JSON too).
 """

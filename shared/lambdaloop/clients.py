@@ -170,3 +170,6 @@ async def aclose_clients() -> None:
     with _aws_lock:
         _aws_clients.clear()
     _session.cache_clear()
+    if _blocking_pool.cache_info().currsize:
+        _blocking_pool().shutdown(wait=False)
+        _blocking_pool.cache_clear()

@@ -260,7 +260,8 @@ def invocation(context: object) -> Iterator[Invocation]:
         yield current
     finally:
         try:
-            loop.run_until_complete(current.tasks.settle(current.deadline))
+            if current.tasks.pending:  # the common case has none: skip a loop round trip
+                loop.run_until_complete(current.tasks.settle(current.deadline))
             flush_metrics()
         finally:
             _current.reset(token)

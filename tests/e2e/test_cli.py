@@ -79,8 +79,13 @@ def dev() -> Iterator[DevServer]:
         yield server
     finally:
         if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait(STOP_TIMEOUT_S)
+            # SIGTERM, so that it stops what it started (SIGKILL would orphan redis-server).
+            server.process.terminate()
+            try:
+                server.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait(STOP_TIMEOUT_S)
         server.pump.join(STOP_TIMEOUT_S)  # it ends at EOF, now that the process is gone
         assert server.process.stdout is not None
         server.process.stdout.close()

@@ -23,6 +23,7 @@ __all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
 logger = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -113,6 +114,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
+        if declared is None and scope["method"] in _BODILESS:
+            await self.app(scope, receive, send)  # nothing to count
+            return
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
