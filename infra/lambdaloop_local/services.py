@@ -188,7 +188,30 @@ class MotoServer:
         self.stop()
 
 
-class RedisServer:
+class _RedisEndpoint:
+    """host/port/url of a server that clients reach as ``redis://HOST:PORT/0``."""
+
+    _host: str
+    _port: int  # 0 until start() picked one
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The port; with ``port=0`` it is known once start() has run."""
+        if self._port == 0:
+            msg = f"{type(self).__name__}(port=0) has no port until start()"
+            raise ServiceError(msg)
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self._host}:{self.port}/0"
+
+
+class RedisServer(_RedisEndpoint):
     """A real redis-server on a free port when the binary is on PATH, else an embedded fakeredis
     TCP server.
 
@@ -239,23 +262,6 @@ class RedisServer:
         if self._proc is None or self._proc.poll() is not None:
             return None
         return self._proc.pid
-
-    @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The port; with ``port=0`` it is known once start() has run."""
-        if self._port == 0:
-            msg = "RedisServer(port=0) has no port until start()"
-            raise ServiceError(msg)
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``redis://HOST:PORT/0``."""
-        return f"redis://{self._host}:{self.port}/0"
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -450,7 +456,7 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
         return f"(no log: {exc.strerror})"
 
 
-class SilentServer:
+class SilentServer(_RedisEndpoint):
     """A TCP server that accepts connections and never answers (a hung Redis / hung dependency),
     for tests and benchmarks.
 
@@ -474,18 +480,6 @@ class SilentServer:
         calling (a circuit breaker) stops adding to it."""
         with self._lock:
             return self._accept_count
-
-    @property
-    def port(self) -> int:
-        if self._port == 0:
-            msg = "SilentServer(port=0) has no port until start()"
-            raise ServiceError(msg)
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``redis://HOST:PORT/0``, for pointing a Redis client at a Redis that hangs."""
-        return f"redis://{self._host}:{self.port}/0"
 
     def start(self) -> None:
         """Listen and start accepting. No-op when already running."""

@@ -242,3 +242,14 @@ def test_an_unsafe_correlation_id_is_replaced_by_the_request_id() -> None:
     response = handler(event, lambda_context())
 
     assert response["headers"]["x-correlation-id"] == "gw-req-2"
+
+
+def test_the_openapi_document_lists_every_route() -> None:
+    _, handler = make_handler()
+
+    response = call(handler, "GET", "/openapi.json")
+
+    paths = body(response)["paths"]
+    assert set(paths) == {"/", "/health", "/users", "/users/batch", "/users/{user_id}"}
+    assert set(paths["/users/{user_id}"]) == {"get", "put", "patch", "delete"}
+    assert set(paths["/users/batch"]) == {"get", "post"}

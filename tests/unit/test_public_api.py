@@ -26,7 +26,18 @@ def _public_definitions(module: ModuleType) -> set[str]:
 
 
 def test_the_layer_has_the_modules_the_design_names() -> None:
-    expected = {"runtime", "settings", "clients", "observability", "errors", "health", "asgi"}
+    expected = {
+        "runtime",
+        "settings",
+        "clients",
+        "observability",
+        "errors",
+        "health",
+        "asgi",
+        "store",
+        "cache",
+        "breaker",
+    }
     assert expected <= {name.rsplit(".", 1)[1] for name in MODULES}
 
 
@@ -46,7 +57,7 @@ def test_importing_the_layer_imports_no_sdk() -> None:
     import sys
 
     code = (
-        "import sys, lambdaloop.runtime, lambdaloop.clients, lambdaloop.health, lambdaloop.asgi;"
+        f"import sys, {', '.join(MODULES)};"
         "heavy = [m for m in ('boto3', 'botocore', 'redis', 'aiohttp', 'aws_xray_sdk', 'mangum')"
         " if m in sys.modules]; print(','.join(heavy))"
     )

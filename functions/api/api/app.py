@@ -23,8 +23,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_problem_handlers(app)
-    app.include_router(system.router)
-    app.include_router(users_routes.router)
+    system.install(app.router)
+    users_routes.install(app.router)
     # Added last = outermost: the request context wraps everything, the body limit included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -23,9 +23,7 @@ from lambdaloop.health import (
 )
 from lambdaloop.settings import get_runtime_settings
 
-__all__ = ["Health", "health_probes", "router"]
-
-router = APIRouter()
+__all__ = ["Health", "health_probes", "install"]
 
 #: Without its source of truth the API cannot answer; without the others it can, slower.
 _ESSENTIAL = "dynamodb"
@@ -53,16 +51,10 @@ def health_probes() -> Mapping[str, Probe]:
     }
 
 
-@router.get("/", response_model=Service)
 async def service() -> Service:
     return Service(service=get_runtime_settings().service, version=lambdaloop.__version__)
 
 
-@router.get(
-    "/health",
-    response_model=Health,
-    responses={503: {"model": Health, "description": "DynamoDB is unreachable"}},
-)
 async def health(
     probes: Annotated[Mapping[str, Probe], Depends(health_probes)],
     settings: Annotated[ApiSettings, Depends(get_api_settings)],
@@ -82,3 +74,15 @@ def _overall(results: Mapping[str, CheckResult]) -> Literal["ok", "degraded", "d
     if essential is not None and not essential.ok:
         return "down"
     return "ok" if all(result.ok for result in results.values()) else "degraded"
+
+
+def install(router: APIRouter) -> None:
+    """Add the service routes to ``router`` (the app's)."""
+    router.add_api_route("/", service, methods=["GET"], response_model=Service)
+    router.add_api_route(
+        "/health",
+        health,
+        methods=["GET"],
+        response_model=Health,
+        responses={503: {"model": Health, "description": "DynamoDB is unreachable"}},
+    )

@@ -1,8 +1,12 @@
-"""The Users routes. ``/users/batch`` is declared before ``/users/{user_id}`` so the
-parameterised route can never shadow it."""
+"""The Users routes.
+
+They are added to the app's own router by :func:`install` rather than through an APIRouter
+and ``include_router``, which would build every route twice at cold start (~20 ms here).
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
@@ -21,9 +25,7 @@ from api.users.models import (
 )
 from api.users.service import UsersService
 
-__all__ = ["router"]
-
-router = APIRouter(prefix="/users", tags=["users"])
+__all__ = ["install"]
 
 Service = Annotated[UsersService, Depends(users_service)]
 PathId = Annotated[int, Path(ge=1, le=2**53 - 1, description="The user's id")]
@@ -35,7 +37,6 @@ def _json(data: Any) -> Response:
     return Response(to_json(data), media_type="application/json")
 
 
-@router.get("/batch", response_model=BatchUsers)
 async def get_users(
     service: Service,
     user_ids: Annotated[list[UserId], Query(min_length=1, max_length=MAX_BATCH)],
@@ -44,24 +45,20 @@ async def get_users(
     return _json({"users": users, "missing": missing})
 
 
-@router.post("/batch", status_code=201, response_model=BatchCreated)
 async def create_users(service: Service, body: BatchCreate) -> dict[str, Any]:
     return {"users": await service.create_many(body.users)}
 
 
-@router.post("", status_code=201, response_model=User)
 async def create_user(service: Service, body: UserFields, response: Response) -> dict[str, Any]:
     user = await service.create(body)
     response.headers["Location"] = f"/users/{user['id']}"
     return user
 
 
-@router.get("/{user_id}", response_model=User)
 async def get_user(service: Service, user_id: PathId) -> Response:
     return _json(await service.get(user_id))
 
 
-@router.put("/{user_id}", response_model=User, responses={201: {"model": User}})
 async def replace_user(
     service: Service, user_id: PathId, body: UserFields, response: Response
 ) -> dict[str, Any]:
@@ -72,12 +69,37 @@ async def replace_user(
     return user
 
 
-@router.patch("/{user_id}", response_model=User)
 async def patch_user(service: Service, user_id: PathId, body: UserPatch) -> dict[str, Any]:
     return await service.patch(user_id, body)
 
 
-@router.delete("/{user_id}", status_code=204, response_class=Response)
 async def delete_user(service: Service, user_id: PathId) -> Response:
     await service.delete(user_id)
     return Response(status_code=204)
+
+
+def install(router: APIRouter) -> None:
+    """Add the Users routes to ``router`` (the app's). ``/users/batch`` comes before
+    ``/users/{user_id}``, so the parameterised route can never shadow it."""
+    add = functools.partial(router.add_api_route, tags=["users"])
+    add("/users/batch", get_users, methods=["GET"], response_model=BatchUsers)
+    add(
+        "/users/batch", create_users, methods=["POST"], status_code=201, response_model=BatchCreated
+    )
+    add("/users", create_user, methods=["POST"], status_code=201, response_model=User)
+    add("/users/{user_id}", get_user, methods=["GET"], response_model=User)
+    add(
+        "/users/{user_id}",
+        replace_user,
+        methods=["PUT"],
+        response_model=User,
+        responses={201: {"model": User}},
+    )
+    add("/users/{user_id}", patch_user, methods=["PATCH"], response_model=User)
+    add(
+        "/users/{user_id}",
+        delete_user,
+        methods=["DELETE"],
+        status_code=204,
+        response_class=Response,
+    )
