@@ -127,10 +127,16 @@ class CountingRedis(FakeAsyncRedis):
         self.down = False
         self.gets_reached = asyncio.Event()
         self.gets_target = 0
+        #: While set (and not yet released), every command waits on it: a Redis that hangs.
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()  # set once a command is waiting on ``hold``
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.down:
             raise RedisConnectionError("Connection refused")
+        if self.hold is not None:
+            self.held.set()
+            await self.hold.wait()
         name = str(args[0]).upper()
         self.commands[name] += 1
         if name == "GET" and self.gets_target and self.commands[name] >= self.gets_target:

@@ -64,6 +64,11 @@ class CircuitBreaker:
             return True
         return False
 
+    def release(self) -> None:
+        """The call let through ended without a verdict (cancelled, or a bug raised): let
+        the next caller probe instead, or the circuit would never close again."""
+        self._probing = False
+
     def record_success(self) -> None:
         if self._opened_at is not None:
             logger.info("%s is answering again: circuit closed", self.name)

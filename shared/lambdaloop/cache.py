@@ -106,9 +106,13 @@ class Cache:
             result = await call(self._client or redis_client())
         except Exception as exc:
             if not _is_redis_fault(exc):
+                self.breaker.release()
                 raise
             self._record_failure(operation, exc)
             return fallback
+        except BaseException:  # cancelled: no verdict on Redis
+            self.breaker.release()
+            raise
         self.breaker.record_success()
         return result
 

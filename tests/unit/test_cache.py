@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from collections.abc import Awaitable
@@ -233,3 +234,27 @@ def test_the_decorator(redis: CountingRedis) -> None:
 
     assert run(scenario()) == [{"id": 1}, {"id": 1}, {"id": 2}]
     assert calls == [1, 2]
+
+
+def test_a_probe_cancelled_midway_does_not_wedge_the_circuit(redis: CountingRedis) -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("test", failure_threshold=1, reset_timeout_s=5, clock=clock)
+    cache = make_cache(redis, breaker=breaker)
+    redis.down = True
+    run(cache.get("k"))  # opens the circuit
+    redis.down = False
+    clock.now += 5
+
+    async def cancelled_probe() -> None:
+        redis.hold = asyncio.Event()  # Redis takes its time ...
+        probe = asyncio.ensure_future(cache.get("k"))
+        await asyncio.wait_for(redis.held.wait(), 10)  # ... the probe is in flight
+        probe.cancel()  # and its request is cancelled (a deadline, say)
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        redis.hold = None
+
+    run(cancelled_probe())
+
+    assert run(cache.get("k")) is MISS  # the next caller probes, Redis answers ...
+    assert state_of(breaker) == "closed"  # ... and the circuit closes
