@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -29,3 +30,15 @@ def local_stack(session_stack: LocalStack) -> LocalStack:
     """
     session_stack.create_resources()
     return session_stack
+
+
+@pytest.fixture
+def layer_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` that hears the layer's loggers even once the Powertools Logger is set up
+    (any test that ran a request did that): it stops them propagating to the root logger."""
+    layer = logging.getLogger("lambdaloop")
+    layer.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        layer.removeHandler(caplog.handler)

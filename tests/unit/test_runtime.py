@@ -81,7 +81,9 @@ def test_tasks_spawned_by_tasks_are_tracked_too() -> None:
     assert inner[0].cancelled()
 
 
-def test_a_failed_background_task_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_background_task_is_logged_not_raised(
+    layer_caplog: pytest.LogCaptureFixture,
+) -> None:
     async def fails() -> None:
         raise ValueError("boom")
 
@@ -90,10 +92,10 @@ def test_a_failed_background_task_is_logged_not_raised(caplog: pytest.LogCapture
         spawn(fails(), name="fails")
         return "ok"
 
-    with caplog.at_level(logging.ERROR, logger="lambdaloop.runtime"):
+    with layer_caplog.at_level(logging.ERROR, logger="lambdaloop.runtime"):
         assert handler({}, lambda_context()) == "ok"
 
-    assert any("fails" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert any("fails" in r.getMessage() and r.exc_info for r in layer_caplog.records)
 
 
 def test_a_handler_that_runs_into_its_deadline_raises_deadline_exceeded() -> None:

@@ -219,18 +219,18 @@ def test_unprocessed_keys_are_retried_until_every_item_is_read() -> None:
 
 
 def test_keys_still_unprocessed_after_the_last_attempt_are_reported(
-    caplog: pytest.LogCaptureFixture,
+    layer_caplog: pytest.LogCaptureFixture,
 ) -> None:
     client = FakeDynamoDB(stingy_calls=1_000)
     sleep = RecordingSleep()
 
-    with caplog.at_level(logging.WARNING, logger="lambdaloop.store"):
+    with layer_caplog.at_level(logging.WARNING, logger="lambdaloop.store"):
         result = run(make_table(client, sleep, max_attempts=4).batch_get(keys(10)))
 
     assert len(client.calls_to("batch_get_item")) == 4
     assert len(sleep.delays) == 3
     assert result.unprocessed == keys(10)[4:]
-    assert "6 of 10 key(s) still unprocessed after 4 attempts" in caplog.text
+    assert "6 of 10 key(s) still unprocessed after 4 attempts" in layer_caplog.text
 
 
 # ----------------------------------------------------------------------------- backoff
