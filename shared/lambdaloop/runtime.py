@@ -114,39 +114,54 @@ class TaskRegistry:
     """The tasks created during one invocation (the loop's task factory records them).
 
     Tasks started with :func:`spawn` are work the invocation owns: they are awaited until
-    the deadline. Any other task still running when the handler is done (a forgotten
-    ``create_task``, a library's helper) is cancelled at once, so it never runs on in the
-    next invocation.
+    the deadline, and a failure is logged (nobody else awaits them). Any other task still
+    running when the handler is done (a forgotten ``create_task``, a library's helper) is
+    cancelled at once, so it never runs on in the next invocation.
     """
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._owned: set[asyncio.Task[Any]] = set()
+        self._finished = 0
+        self._failed: list[str] = []
 
     def track(self, task: asyncio.Task[Any], *, owned: bool = False) -> None:
-        if task.done():
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         if owned:
             self._owned.add(task)
-            task.add_done_callback(self._owned.discard)
+            task.add_done_callback(self._owned_done)
+        if not task.done():
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _owned_done(self, task: asyncio.Task[Any]) -> None:
+        if task not in self._owned:
+            return  # already reported (settle() got there before this callback)
+        self._owned.discard(task)
+        if task.cancelled():
+            return
+        self._finished += 1
+        if (exc := task.exception()) is not None:
+            logger.error("background task %s failed", task.get_name(), exc_info=exc)
+            self._failed.append(task.get_name())
 
     @property
     def pending(self) -> frozenset[asyncio.Task[Any]]:
         return frozenset(t for t in self._tasks if not t.done())
 
+    @property
+    def unsettled(self) -> bool:
+        """Anything to wait for, cancel or report before the invocation may end."""
+        return bool(self._owned) or any(not t.done() for t in self._tasks)
+
     async def settle(self, deadline: Deadline) -> SettleReport:
         """Await the owned tasks until ``deadline``, then cancel whatever is left.
 
         Owned tasks may spawn more while they finish, so the wait repeats until none is
-        left. Exceptions of finished tasks are logged (never "exception was never retrieved").
+        left. Every owned task's outcome is reported before this returns.
         """
         me = asyncio.current_task()
-        finished: list[asyncio.Task[Any]] = []
         while owned := {t for t in self._owned if not t.done()} - {me}:
             done, _ = await asyncio.wait(owned, timeout=deadline.timeout())
-            finished.extend(done)
             if not done:
                 break  # the deadline passed
         cancelled = list(self.pending - {me})
@@ -159,19 +174,14 @@ class TaskRegistry:
                 len(cancelled),
                 ", ".join(t.get_name() for t in cancelled),
             )
+        for task in [t for t in self._owned if t.done()]:
+            self._owned_done(task)  # done, but its callback has not had its turn yet
+        report = SettleReport(
+            self._finished, tuple(t.get_name() for t in cancelled), tuple(self._failed)
+        )
         self._tasks.clear()
         self._owned.clear()
-        failed = tuple(_log_failure(t) for t in finished if _failed(t))
-        return SettleReport(len(finished), tuple(t.get_name() for t in cancelled), failed)
-
-
-def _failed(task: asyncio.Task[Any]) -> bool:
-    return not task.cancelled() and task.exception() is not None
-
-
-def _log_failure(task: asyncio.Task[Any]) -> str:
-    logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
-    return task.get_name()
+        return report
 
 
 @dataclass(slots=True)
@@ -260,7 +270,7 @@ def invocation(context: object) -> Iterator[Invocation]:
         yield current
     finally:
         try:
-            if current.tasks.pending:  # the common case has none: skip a loop round trip
+            if current.tasks.unsettled:  # the common case: nothing, so no extra loop run
                 loop.run_until_complete(current.tasks.settle(current.deadline))
             flush_metrics()
         finally:
