@@ -9,6 +9,7 @@ handlers, not here.
     ├── DeadlineExceeded         the invocation ran into its deadline (safety margin included)
     ├── ConditionFailed          a conditional write found the item not as required
     │   └── TransactionConflict  a transaction was cancelled; ``reasons`` says which operation
+    ├── PublishError             queue messages were refused; ``failed`` says which and why
     └── DependencyError          a downstream service failed
         ├── DependencyTimeout    ...did not answer in time
         └── DependencyUnavailable  ...refused, reset, or is switched off (circuit open)
@@ -16,7 +17,7 @@ handlers, not here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "ConditionFailed",
@@ -25,6 +26,7 @@ __all__ = [
     "DependencyTimeout",
     "DependencyUnavailable",
     "LambdaloopError",
+    "PublishError",
     "SettingsError",
     "TransactionConflict",
 ]
@@ -73,6 +75,21 @@ class TransactionConflict(ConditionFailed):
     def failed(self) -> dict[int, str]:
         """The index and reason code of each operation that caused the cancellation."""
         return {index: code for index, code in enumerate(self.reasons) if code != "None"}
+
+
+class PublishError(LambdaloopError):
+    """Some queue messages were not published (the others were).
+
+    ``failed`` maps the envelope id of each message that was not published to
+    ``"Code: message"`` as the queue gave it, in publish order. Whether a message was
+    refused for good (a sender fault) or kept failing until the retries ran out, it is not
+    on the queue: publishing it again is safe, consumers being idempotent by envelope id.
+    """
+
+    def __init__(self, failed: Mapping[str, str]) -> None:
+        self.failed = dict(failed)
+        listed = "; ".join(f"{message_id}: {why}" for message_id, why in self.failed.items())
+        super().__init__(f"{len(self.failed)} message(s) not published: {listed}")
 
 
 class DependencyError(LambdaloopError):

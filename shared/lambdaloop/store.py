@@ -41,12 +41,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
-from lambdaloop.clients import aws_client, run_blocking
+from lambdaloop._aws import AwsAdapter
 from lambdaloop.errors import (
     ConditionFailed,
-    DependencyError,
-    DependencyTimeout,
-    DependencyUnavailable,
     LambdaloopError,
     TransactionConflict,
 )
@@ -72,10 +69,6 @@ _BATCH_WRITE_LIMIT = 25
 _TRANSACTION_LIMIT = 100
 
 #: Error codes that mean "throttled", seen only once botocore's own retries gave up.
-_THROTTLED = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
-_DEPENDENCY = "dynamodb"
 
 
 # ----------------------------------------------------------------------------- results
@@ -179,7 +172,7 @@ class TransactOp:
 # ----------------------------------------------------------------------------- the table
 
 
-class Table:
+class Table(AwsAdapter):
     """One DynamoDB table, used from async code.
 
     ``client`` is a boto3 DynamoDB client (low level); by default the environment's
@@ -211,15 +204,27 @@ class Table:
             raise ValueError("delays must satisfy 0 < base_delay_s <= max_delay_s")
         self.name = name
         self.key_schema = tuple(key_schema)
-        self._client = client
+        super().__init__(client)
         self._sleep = sleep
         self._max_attempts = max_attempts
         self._base_delay_s = base_delay_s
         self._max_delay_s = max_delay_s
         self._random = random
 
+    service = "dynamodb"
+
     def __repr__(self) -> str:
         return f"Table({self.name!r})"
+
+    def _client_error(
+        self, code: str, message: str, response: Mapping[str, Any], operation: str
+    ) -> LambdaloopError | None:
+        if code == "ConditionalCheckFailedException":
+            return ConditionFailed(f"{operation}: {message or 'the conditional request failed'}")
+        if code == "TransactionCanceledException":
+            reasons = response.get("CancellationReasons", [])
+            return TransactionConflict([str(r.get("Code") or "None") for r in reasons])
+        return None
 
     # ------------------------------------------------------------------- single items
 
@@ -474,22 +479,6 @@ class Table:
                 break
         return pending
 
-    def _invoke(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        # Runs in the pool: the first call builds (and imports) boto3 off the event loop.
-        if self._client is None:
-            self._client = aws_client("dynamodb")
-        response: dict[str, Any] = getattr(self._client, operation)(**params)
-        return response
-
-    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        try:
-            return await run_blocking(self._invoke, operation, params)
-        except Exception as exc:
-            translated = _translate(exc, operation)
-            if translated is None:
-                raise
-            raise translated from exc
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -620,34 +609,3 @@ def _serialize_map(item: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def _deserialize_map(raw: Mapping[str, Any]) -> Item:
     deserializer = _codec().deserializer
     return {name: _from_dynamo(deserializer.deserialize(value)) for name, value in raw.items()}
-
-
-def _translate(exc: Exception, operation: str) -> LambdaloopError | None:
-    """The layer's error for an SDK error, or ``None`` to let it propagate unchanged."""
-    from botocore import exceptions as sdk
-
-    if isinstance(exc, sdk.ClientError):
-        return _translate_client_error(exc, operation)
-    if isinstance(exc, sdk.ReadTimeoutError | sdk.ConnectTimeoutError):
-        return DependencyTimeout(_DEPENDENCY, f"{operation}: {exc}")
-    if isinstance(exc, sdk.ConnectionError | sdk.HTTPClientError):
-        return DependencyUnavailable(_DEPENDENCY, f"{operation}: {exc}")
-    if isinstance(exc, sdk.ParamValidationError):
-        return None  # the request is wrong: a bug, not a dependency failure
-    if isinstance(exc, sdk.BotoCoreError):  # no credentials, no region, ...
-        return DependencyError(_DEPENDENCY, f"{operation}: {exc}")
-    return None
-
-
-def _translate_client_error(exc: Any, operation: str) -> LambdaloopError:
-    error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    message = str(error.get("Message", ""))
-    if code == "ConditionalCheckFailedException":
-        return ConditionFailed(f"{operation}: {message or 'the conditional request failed'}")
-    if code == "TransactionCanceledException":
-        reasons = exc.response.get("CancellationReasons", [])
-        return TransactionConflict([str(r.get("Code") or "None") for r in reasons])
-    if code in _THROTTLED:
-        return DependencyUnavailable(_DEPENDENCY, f"{operation}: throttled ({code}): {message}")
-    return DependencyError(_DEPENDENCY, f"{operation}: {code}: {message}")

@@ -1,0 +1,92 @@
+"""What every boto3 adapter of the layer shares: calls in the bounded thread pool, the client
+built lazily there (so boto3's import never blocks the loop), and SDK errors translated at
+the edge into the layer's hierarchy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lambdaloop.clients import aws_client, run_blocking
+from lambdaloop.errors import (
+    DependencyError,
+    DependencyTimeout,
+    DependencyUnavailable,
+    LambdaloopError,
+)
+
+__all__ = ["AwsAdapter"]
+
+#: Throttling codes, seen only once botocore's own (adaptive) retries have given up.
+_THROTTLED = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "AWS.SimpleQueueService.RequestThrottled",
+    }
+)
+
+
+class AwsAdapter:
+    """Base class: ``service`` names the boto3 client; subclasses may map their service's own
+    error codes in :meth:`_client_error`."""
+
+    service: str
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    def _client_error(
+        self, code: str, message: str, response: Mapping[str, Any], operation: str
+    ) -> LambdaloopError | None:
+        """A service-specific translation of a ClientError, or None for the generic one."""
+        return None
+
+    def _invoke(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        # Runs in the pool: the first call builds (and imports) boto3 off the event loop.
+        if self._client is None:
+            self._client = aws_client(self.service)
+        response: dict[str, Any] = getattr(self._client, operation)(**params)
+        return response
+
+    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        try:
+            return await run_blocking(self._invoke, operation, params)
+        except Exception as exc:
+            translated = self._translate(exc, operation)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    def _translate(self, exc: Exception, operation: str) -> LambdaloopError | None:
+        """The layer's error for an SDK error, or ``None`` to let it propagate unchanged."""
+        from botocore import exceptions as sdk
+
+        service = self.service
+        if isinstance(exc, sdk.ClientError):
+            return self._translate_client_error(exc.response, operation)
+        if isinstance(exc, sdk.ReadTimeoutError | sdk.ConnectTimeoutError):
+            return DependencyTimeout(service, f"{operation}: {exc}")
+        if isinstance(exc, sdk.ConnectionError | sdk.HTTPClientError):
+            return DependencyUnavailable(service, f"{operation}: {exc}")
+        if isinstance(exc, sdk.ParamValidationError):
+            return None  # the request is wrong: a bug, not a dependency failure
+        if isinstance(exc, sdk.BotoCoreError):  # no credentials, no region, ...
+            return DependencyError(service, f"{operation}: {exc}")
+        return None
+
+    def _translate_client_error(
+        self, response: Mapping[str, Any], operation: str
+    ) -> LambdaloopError:
+        error = response.get("Error", {})
+        code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+        specific = self._client_error(code, message, response, operation)
+        if specific is not None:
+            return specific
+        if code in _THROTTLED:
+            return DependencyUnavailable(
+                self.service, f"{operation}: throttled ({code}): {message}"
+            )
+        return DependencyError(self.service, f"{operation}: {code}: {message}")
