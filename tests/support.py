@@ -5,12 +5,15 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lambdaloop_local.apigw import HttpRoute, build_event
 from lambdaloop_local.context import LocalContext
+from lambdaloop_local.functions import LocalFunction
+from lambdaloop_local.template import FunctionSpec
 
 HAS_REDIS_SERVER = shutil.which("redis-server") is not None
 requires_redis_server: pytest.MarkDecorator = pytest.mark.skipif(
@@ -152,3 +155,23 @@ def forget_environment() -> None:
     get_api_settings.cache_clear()
     health_probes.cache_clear()
     users_service_cache_clear()
+
+
+def function_in_folder(
+    code: Path, handler: str, *, timeout: int = 3, environment: dict[str, str] | None = None
+) -> LocalFunction:
+    """A LocalFunction for a handler module written by a test into the folder ``code``."""
+    spec = FunctionSpec(
+        logical_id="TestFunction",
+        code_uri=code,
+        handler=handler,
+        runtime="python3.13",
+        timeout=timeout,
+        memory_size=256,
+        environment={},
+        layers=[],
+        events={},
+        architectures=["arm64"],
+        properties={},
+    )
+    return LocalFunction(spec, dict(environment or {}), ())

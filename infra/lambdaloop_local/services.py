@@ -97,7 +97,29 @@ def _redis_answers(host: str, port: int) -> bool:
         return False
 
 
-class MotoServer:
+class _Managed:
+    """``with server:`` starts it and always stops it."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class MotoServer(_Managed):
     """moto in server mode, in-process (moto.server.ThreadedMotoServer).
 
     moto keeps its backends in module globals, so every MotoServer in one process (and any
@@ -175,20 +197,8 @@ class MotoServer:
         with urllib.request.urlopen(request, timeout=_START_TIMEOUT) as response:
             response.read()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class _RedisEndpoint:
+class _RedisEndpoint(_Managed):
     """host/port/url of a server that clients reach as ``redis://HOST:PORT/0``."""
 
     _host: str
@@ -435,18 +445,6 @@ class RedisServer(_RedisEndpoint):
                 thread.join()
         logger.info("fakeredis on port %d stopped", self._port)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
@@ -538,15 +536,3 @@ class SilentServer(_RedisEndpoint):
             for sock in (*accepted, listener, wake_r, wake_w):
                 if sock is not None:
                     sock.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

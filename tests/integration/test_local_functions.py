@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lambdaloop_local.functions import FunctionPool, InvocationError, LocalFunction
-from lambdaloop_local.template import FunctionSpec
+from support import function_in_folder
 
 HANDLERS = """
 import os, time
@@ -38,20 +38,7 @@ def unserialisable(event, context):
 
 
 def local_function(code: Path, handler: str, timeout: int = 3) -> LocalFunction:
-    spec = FunctionSpec(
-        logical_id="TestFunction",
-        code_uri=code,
-        handler=handler,
-        runtime="python3.13",
-        timeout=timeout,
-        memory_size=256,
-        environment={},
-        layers=[],
-        events={},
-        architectures=["arm64"],
-        properties={},
-    )
-    return LocalFunction(spec, {"MINE": "mine"}, ())
+    return function_in_folder(code, handler, timeout=timeout, environment={"MINE": "mine"})
 
 
 @pytest.fixture

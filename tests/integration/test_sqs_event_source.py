@@ -15,7 +15,7 @@ import pytest
 from lambdaloop_local.functions import FunctionPool, LocalFunction
 from lambdaloop_local.sqs import BatchOutcome, SqsEventSource, SqsEventSourceConfig, sqs_event
 from lambdaloop_local.stack import LocalStack
-from lambdaloop_local.template import FunctionSpec
+from support import function_in_folder
 
 T = TypeVar("T")
 
@@ -162,20 +162,9 @@ def log_dir(tmp_path: Path) -> Path:
 
 
 def local_function(code: Path, log_dir: Path, handler: str, timeout: int = 5) -> LocalFunction:
-    spec = FunctionSpec(
-        logical_id="QueueFunction",
-        code_uri=code,
-        handler=f"handlers.{handler}",
-        runtime="python3.13",
-        timeout=timeout,
-        memory_size=256,
-        environment={},
-        layers=[],
-        events={},
-        architectures=["arm64"],
-        properties={},
+    return function_in_folder(
+        code, f"handlers.{handler}", timeout=timeout, environment={"LOG_DIR": str(log_dir)}
     )
-    return LocalFunction(spec, {"LOG_DIR": str(log_dir)}, ())
 
 
 def with_pool(
