@@ -63,12 +63,10 @@ def _state(template: Path, stack: LocalStack, api_url: str) -> Iterator[None]:
         path.unlink(missing_ok=True)
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
+def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
 
 
 async def _dev(args: argparse.Namespace) -> int:
@@ -84,6 +82,8 @@ async def _dev(args: argparse.Namespace) -> int:
     stack = LocalStack(config)
     stack.start()
     runner: web.AppRunner | None = None
+    stop = asyncio.Event()
+    pollers: list[asyncio.Task[None]] = []
     try:
         routes = http_api_routes(stack.template)
         functions = sorted({route.function for route in routes})
@@ -93,6 +93,8 @@ async def _dev(args: argparse.Namespace) -> int:
         async def invoke(function: str, event: dict[str, Any]) -> Any:
             return (await stack.pool(function).invoke(event)).result
 
+        sources = stack.sqs_event_sources()
+        pollers = [asyncio.create_task(source.run(stop)) for source in sources]
         runner = web.AppRunner(make_app(routes, invoke), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
@@ -104,10 +106,15 @@ async def _dev(args: argparse.Namespace) -> int:
                 print(f"                {route.route_key:24} -> {route.function}", flush=True)
             print(f"  AWS (moto)  {stack.aws_endpoint}", flush=True)
             print(f"  Redis       {stack.redis_url}  [{stack.redis_kind}]", flush=True)
+            for source in sources:
+                print(f"  SQS         {source.config.queue_arn}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
-            await _wait_for_signal()
+            _stop_on_signals(stop)
+            await stop.wait()
         print("stopping...", flush=True)
     finally:
+        stop.set()
+        await asyncio.gather(*pollers, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
         await stack.aclose_functions()

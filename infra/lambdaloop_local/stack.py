@@ -7,6 +7,7 @@ runs locally runs through here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -15,7 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 from lambdaloop_local.functions import FunctionPool, LocalFunction
 from lambdaloop_local.resources import LocalResources, Pseudo, create_resources
 from lambdaloop_local.services import MotoServer, RedisServer
-from lambdaloop_local.template import TEMPLATE_PATH, Template, load_template
+from lambdaloop_local.sqs import SqsEventSource, SqsEventSourceConfig
+from lambdaloop_local.template import TEMPLATE_PATH, Template, TemplateError, load_template
 
 __all__ = ["LocalStack", "StackConfig"]
 
@@ -194,7 +196,38 @@ class LocalStack:
             self._pools[logical_id] = pool
         return pool
 
+    def sqs_event_sources(self) -> list[SqsEventSource]:
+        """One poller per SQS event of the template's functions, like Lambda's event source
+        mappings, invoking the function's environments (as many as MaximumConcurrency)."""
+        resolver = self.resources.resolver(self.template, self.config.pseudo)
+        queue_urls = {
+            self.resources.attributes[f"{lid}.Arn"]: self.resources.refs[lid]
+            for lid in self.template.of_type("AWS::SQS::Queue")
+        }
+        sources = []
+        for spec in self.template.functions():
+            for name, event in spec.events.items():
+                if event.get("Type") != "SQS":
+                    continue
+                properties = resolver.resolve(event.get("Properties") or {})
+                arn = properties.get("Queue")
+                if arn not in queue_urls:
+                    raise TemplateError(
+                        f"{spec.logical_id}.{name}: Queue {arn!r} is not a queue of the template"
+                    )
+                config = SqsEventSourceConfig.from_event(properties, queue_urls[arn], arn)
+                pool = self.pool(spec.logical_id, config.max_concurrency)
+                sources.append(SqsEventSource(config, _results_of(pool), self.aws_client("sqs")))
+        return sources
+
     async def aclose_functions(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             await pool.aclose()
+
+
+def _results_of(pool: FunctionPool) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+    async def invoke(event: dict[str, Any]) -> Any:
+        return (await pool.invoke(event)).result
+
+    return invoke
