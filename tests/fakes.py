@@ -22,9 +22,25 @@ from lambdaloop.errors import ConditionFailed, TransactionConflict
 from lambdaloop.store import BatchGetResult, Item, Key, TransactOp
 
 _CLAUSE = re.compile(
-    r"^\s*(?:(?P<fn>attribute_exists|attribute_not_exists)\((?P<attr>[#\w]+)\)"
-    r"|(?P<left>[#\w]+)\s*(?P<op>=|<)\s*(?P<right>:\w+))\s*$"
+    r"^(?:(?P<fn>attribute_exists|attribute_not_exists)\((?P<attr>[#\w]+)\)"
+    r"|(?P<left>[#\w]+)\s*(?P<op>=|<)\s*(?P<right>:\w+))$"
 )
+
+
+def _clause_holds(
+    clause: str, item: Item | None, names: Mapping[str, str], values: Mapping[str, Any]
+) -> bool:
+    found = _CLAUSE.match(clause.strip())
+    if found is None:
+        raise NotImplementedError(f"the fake cannot evaluate {clause!r}")
+    if found["fn"]:
+        exists = item is not None and names.get(found["attr"], found["attr"]) in item
+        return exists == (found["fn"] == "attribute_exists")
+    attribute = names.get(found["left"], found["left"])
+    if item is None or attribute not in item:
+        return False
+    left, right = item[attribute], values[found["right"]]
+    return bool(left == right if found["op"] == "=" else left < right)
 
 
 def _holds(
@@ -33,26 +49,16 @@ def _holds(
     names: Mapping[str, str] | None,
     values: Mapping[str, Any] | None,
 ) -> bool:
+    """Top-level ORs of (optionally parenthesised) ANDs: ``a OR (b AND c)``."""
     if not condition:
         return True
-    names, values = names or {}, values or {}
-    for clause in condition.split(" OR "):
-        found = _CLAUSE.match(clause)
-        if found is None:
-            raise NotImplementedError(f"FakeTable cannot evaluate {clause!r}")
-        if found["fn"]:
-            attribute = names.get(found["attr"], found["attr"])
-            exists = item is not None and attribute in item
-            if exists == (found["fn"] == "attribute_exists"):
-                return True
-            continue
-        attribute = names.get(found["left"], found["left"])
-        if item is None or attribute not in item:
-            continue
-        left, right = item[attribute], values[found["right"]]
-        if (found["op"] == "=" and left == right) or (found["op"] == "<" and left < right):
-            return True
-    return False
+    return any(
+        all(
+            _clause_holds(clause, item, names or {}, values or {})
+            for clause in (alt[1:-1] if alt.startswith("(") else alt).split(" AND ")
+        )
+        for alt in (part.strip() for part in condition.split(" OR "))
+    )
 
 
 class FakeTable:
@@ -142,3 +148,38 @@ class CountingRedis(FakeAsyncRedis):
         if name == "GET" and self.gets_target and self.commands[name] >= self.gets_target:
             self.gets_reached.set()
         return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+
+class FakeIdempotencyTable:
+    """The part of lambdaloop.store.Table the guard uses, keyed by ``id``."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.calls: Counter[str] = Counter()
+        self.fail_puts_of: str | None = None  # a status whose puts fail (a table outage)
+
+    async def get(self, key: dict[str, Any], *, consistent: bool = False) -> dict[str, Any] | None:
+        self.calls["get"] += 1
+        return copy.deepcopy(self.items.get(key["id"]))
+
+    async def put(
+        self,
+        item: dict[str, Any],
+        *,
+        condition: str | None = None,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.calls["put"] += 1
+        if item.get("status") == self.fail_puts_of:
+            raise ConnectionError("table unreachable")
+        current = self.items.get(item["id"])
+        if condition and not _holds(condition, current, names or {}, values or {}):
+            raise ConditionFailed("condition failed")
+        self.items[item["id"]] = copy.deepcopy(item)
+
+    async def delete(
+        self, key: dict[str, Any], *, must_exist: bool = False
+    ) -> dict[str, Any] | None:
+        self.calls["delete"] += 1
+        return self.items.pop(key["id"], None)

@@ -10,6 +10,9 @@ handlers, not here.
     ├── ConditionFailed          a conditional write found the item not as required
     │   └── TransactionConflict  a transaction was cancelled; ``reasons`` says which operation
     ├── PublishError             queue messages were refused; ``failed`` says which and why
+    ├── IdempotencyError         an idempotency key cannot be processed now; ``key`` names it
+    │   ├── IdempotencyInProgress  another attempt holds the key and its deadline has not passed
+    │   └── IdempotencyKeyReused   the key was used before with a different payload
     └── DependencyError          a downstream service failed
         ├── DependencyTimeout    ...did not answer in time
         └── DependencyUnavailable  ...refused, reset, or is switched off (circuit open)
@@ -25,6 +28,9 @@ __all__ = [
     "DependencyError",
     "DependencyTimeout",
     "DependencyUnavailable",
+    "IdempotencyError",
+    "IdempotencyInProgress",
+    "IdempotencyKeyReused",
     "LambdaloopError",
     "PublishError",
     "SettingsError",
@@ -90,6 +96,30 @@ class PublishError(LambdaloopError):
         self.failed = dict(failed)
         listed = "; ".join(f"{message_id}: {why}" for message_id, why in self.failed.items())
         super().__init__(f"{len(self.failed)} message(s) not published: {listed}")
+
+
+class IdempotencyError(LambdaloopError):
+    """The work guarded by idempotency key ``key`` was not run (and has no stored result)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"idempotency key {key!r}: {message}")
+
+
+class IdempotencyInProgress(IdempotencyError):
+    """Another attempt holds the key and has not passed its deadline: try again later (an
+    SQS consumer reports the record failed, so it is redelivered)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, "another attempt is in progress")
+
+
+class IdempotencyKeyReused(IdempotencyError):
+    """The key was used before with a different payload: a producer bug, never retried into
+    success."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, "already used with a different payload")
 
 
 class DependencyError(LambdaloopError):

@@ -1,0 +1,198 @@
+"""The batch processor of every SQS-triggered function: partial batch failures, never a
+failed batch.
+
+:meth:`SqsProcessor.process` takes the SQS event and returns
+``{"batchItemFailures": [{"itemIdentifier": messageId}, ...]}`` (the event source mapping
+needs ``FunctionResponseTypes: [ReportBatchItemFailures]``). A record's failure is that
+record's alone, reported so SQS redelivers it; :meth:`~SqsProcessor.process` does not raise
+for one.
+
+- Each body is parsed by itself (:meth:`~lambdaloop.queue.Envelope.from_json`); a body that
+  is not an envelope, or whose ``type`` has no handler, fails its record (logged with why).
+- Records run concurrently, at most ``concurrency`` at a time. With an
+  :class:`~lambdaloop.idempotency.IdempotencyGuard` each runs through it, keyed by the
+  envelope ``id``: a replayed result is a success, a key in progress elsewhere or reused
+  with another payload is a failure. Handlers then return JSON-serialisable results.
+- Deadline (:func:`~lambdaloop.runtime.current_deadline`): no record is started once
+  ``remaining() <= margin_s``; records still running when the deadline comes are cancelled
+  0.2 s before it (the runtime cancels the whole handler at the deadline
+  itself, and the report must be returned before that). Every unfinished record is failed.
+- FIFO (records carry ``attributes.MessageGroupId``): a group's records run in order, one
+  at a time; after a failure the rest of the group is failed without running (running them
+  would break the order). Groups run concurrently.
+
+Retrying with backoff (``ChangeMessageVisibility``) is not done here: a failed record comes
+back after the queue's visibility timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lambdaloop.errors import IdempotencyError
+from lambdaloop.idempotency import IdempotencyGuard, payload_hash
+from lambdaloop.queue import Envelope
+from lambdaloop.runtime import Deadline, current_deadline
+
+__all__ = ["Handler", "RecordContext", "SqsProcessor"]
+
+logger = logging.getLogger(__name__)
+
+#: How long before the deadline running records are cancelled, and half of it is what the
+#: cancelled records get to clean up; the rest is for returning the report.
+_REPORT_RESERVE_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class RecordContext:
+    """What a handler knows about the record besides its envelope."""
+
+    message_id: str
+    receive_count: int
+    message_attributes: Mapping[str, Any]
+    deadline: Deadline
+    group_id: str | None = None
+
+
+Handler = Callable[[Envelope, RecordContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    message_id: str
+    raw: Mapping[str, Any]
+
+    @property
+    def group_id(self) -> str | None:
+        group: str | None = (self.raw.get("attributes") or {}).get("MessageGroupId")
+        return group
+
+
+class SqsProcessor:
+    """Processes SQS batches with ``handlers``, one per envelope ``type``."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        *,
+        concurrency: int = 10,
+        guard: IdempotencyGuard | None = None,
+        margin_s: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if margin_s < 0:
+            raise ValueError("margin_s must not be negative")
+        self._handlers = dict(handlers)
+        self._concurrency = concurrency
+        self._guard = guard
+        self._margin_s = margin_s
+
+    async def process(self, event: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+        """Process the batch; the records that did not succeed, in ``batchItemFailures``."""
+        records = [_Record(str(r["messageId"]), r) for r in event.get("Records", [])]
+        deadline = current_deadline()
+        succeeded: set[str] = set()
+        slots = asyncio.Semaphore(self._concurrency)
+        chains = [
+            asyncio.ensure_future(self._run_chain(chain, deadline, slots, succeeded))
+            for chain in _chains(records)
+        ]
+        if chains:
+            timeout = deadline.timeout()
+            if timeout is not None:
+                timeout = max(0.0, timeout - _REPORT_RESERVE_S)
+            _, unfinished = await asyncio.wait(chains, timeout=timeout)
+            if unfinished:
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.wait(unfinished, timeout=_REPORT_RESERVE_S / 2)
+                logger.warning("deadline: cancelled %d unfinished record chain(s)", len(unfinished))
+        failed = [r.message_id for r in records if r.message_id not in succeeded]
+        if failed:
+            logger.warning("%d of %d record(s) failed", len(failed), len(records))
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}
+
+    async def _run_chain(
+        self,
+        chain: Sequence[_Record],
+        deadline: Deadline,
+        slots: asyncio.Semaphore,
+        succeeded: set[str],
+    ) -> None:
+        """Run records one after the other, stopping at the first that does not succeed
+        (the rest are failed by not being in ``succeeded``)."""
+        for record in chain:
+            async with slots:
+                if deadline.remaining() <= self._margin_s:
+                    logger.warning("record %s not started: deadline near", record.message_id)
+                    return
+                if not await self._run_record(record, deadline):
+                    if len(chain) > 1:
+                        logger.warning(
+                            "group %s: the records after %s are failed without running",
+                            record.group_id,
+                            record.message_id,
+                        )
+                    return
+            succeeded.add(record.message_id)
+
+    async def _run_record(self, record: _Record, deadline: Deadline) -> bool:
+        try:
+            envelope = Envelope.from_json(record.raw.get("body", ""))
+        except ValueError as exc:
+            logger.warning("record %s failed: invalid envelope: %s", record.message_id, exc)
+            return False
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            logger.warning(
+                "record %s failed: no handler for type %r", record.message_id, envelope.type
+            )
+            return False
+        attributes = record.raw.get("attributes") or {}
+        context = RecordContext(
+            message_id=record.message_id,
+            receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
+            message_attributes=record.raw.get("messageAttributes") or {},
+            deadline=deadline,
+            group_id=record.group_id,
+        )
+        try:
+            if self._guard is None:
+                await handler(envelope, context)
+            else:
+                await self._guard.run(
+                    envelope.id,
+                    payload_hash(envelope.payload),
+                    lambda: handler(envelope, context),
+                    deadline,
+                )
+        except IdempotencyError as exc:
+            logger.warning("record %s failed: %s", record.message_id, exc)
+            return False
+        except Exception:
+            logger.exception(
+                "record %s failed: handler for %r raised", record.message_id, envelope.type
+            )
+            return False
+        return True
+
+
+def _chains(records: Sequence[_Record]) -> list[list[_Record]]:
+    """FIFO records grouped by message group (in order); any other record on its own."""
+    groups: dict[str, list[_Record]] = {}
+    chains: list[list[_Record]] = []
+    for record in records:
+        group = record.group_id
+        if group is None:
+            chains.append([record])
+        elif group in groups:
+            groups[group].append(record)
+        else:
+            groups[group] = [record]
+            chains.append(groups[group])
+    return chains

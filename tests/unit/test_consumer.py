@@ -1,0 +1,292 @@
+"""The SQS batch processor on hand-made events (records shaped as Lambda delivers them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+import pytest
+
+# Shared from its test module until it moves to tests/fakes.py.
+from fakes import FakeIdempotencyTable
+from lambdaloop.consumer import RecordContext, SqsProcessor
+from lambdaloop.idempotency import IdempotencyGuard
+from lambdaloop.queue import Envelope
+from lambdaloop.runtime import Deadline, get_loop, lambda_handler
+from support import lambda_context
+
+T = TypeVar("T")
+
+
+def run(work: Coroutine[Any, Any, T]) -> T:
+    return get_loop().run_until_complete(work)
+
+
+def record(
+    message_id: str,
+    type_: str = "ping",
+    *,
+    envelope_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+    body: str | None = None,
+    group: str | None = None,
+    receive_count: int = 1,
+    message_attributes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    if body is None:
+        body = Envelope(type_, envelope_id or f"env-{message_id}", payload or {}).to_json()
+    attributes = {"ApproximateReceiveCount": str(receive_count), "SentTimestamp": "1"}
+    if group is not None:
+        attributes |= {"MessageGroupId": group, "SequenceNumber": "1"}
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"rh-{message_id}",
+        "body": body,
+        "attributes": attributes,
+        "messageAttributes": message_attributes or {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:q",
+        "awsRegion": "eu-west-1",
+    }
+
+
+def event(*records: dict[str, Any]) -> dict[str, Any]:
+    return {"Records": list(records)}
+
+
+def failed(response: Mapping[str, Any]) -> list[str]:
+    return [f["itemIdentifier"] for f in response["batchItemFailures"]]
+
+
+class Recorder:
+    """A handler that records what it was given and fails for payloads asking it to."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Envelope, RecordContext]] = []
+
+    async def __call__(self, envelope: Envelope, context: RecordContext) -> None:
+        self.seen.append((envelope, context))
+        if envelope.payload.get("fail"):
+            raise RuntimeError("handler failed")
+
+
+def test_a_good_batch_has_no_failures_and_handlers_get_the_record_context() -> None:
+    handler = Recorder()
+    attributes = {"correlation_id": {"stringValue": "c-1", "dataType": "String"}}
+    batch = event(
+        record("m1", payload={"n": 1}, receive_count=3, message_attributes=attributes),
+        record("m2", payload={"n": 2}),
+    )
+
+    response = run(SqsProcessor({"ping": handler}).process(batch))
+
+    assert response == {"batchItemFailures": []}
+    envelope, context = handler.seen[0]
+    assert envelope == Envelope("ping", "env-m1", {"n": 1})
+    assert context == RecordContext("m1", 3, attributes, Deadline.never())
+    assert sorted(e.payload["n"] for e, _ in handler.seen) == [1, 2]
+
+
+def test_an_empty_batch_has_no_failures() -> None:
+    assert run(SqsProcessor({}).process({"Records": []})) == {"batchItemFailures": []}
+
+
+def test_bad_records_fail_alone_with_the_reason_logged(
+    layer_caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = Recorder()
+    not_an_envelope = json.dumps({"type": "ping", "id": "x", "version": 2, "payload": {}})
+    batch = event(
+        record("ok1"),
+        record("bad-json", body="{not json"),
+        record("bad-envelope", body=not_an_envelope),
+        record("unknown", "pong"),
+        record("raises", payload={"fail": True}),
+        record("ok2"),
+    )
+
+    response = run(SqsProcessor({"ping": handler}).process(batch))
+
+    assert failed(response) == ["bad-json", "bad-envelope", "unknown", "raises"]
+    assert sorted(c.message_id for _, c in handler.seen) == ["ok1", "ok2", "raises"]
+    assert "bad-json failed: invalid envelope: body: not a UTF-8 JSON" in layer_caplog.text
+    assert "bad-envelope failed: invalid envelope: version" in layer_caplog.text
+    assert "unknown failed: no handler for type 'pong'" in layer_caplog.text
+    assert "raises failed: handler for 'ping' raised" in layer_caplog.text
+
+
+def test_no_more_records_run_at_once_than_the_concurrency_bound() -> None:
+    bound, in_flight, peak = 3, [0], [0]
+    full, gate = asyncio.Event(), asyncio.Event()
+
+    async def handler(envelope: Envelope, context: RecordContext) -> None:
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        if in_flight[0] == bound:
+            full.set()
+        await gate.wait()
+        in_flight[0] -= 1
+
+    async def scenario() -> dict[str, Any]:
+        processing = asyncio.ensure_future(
+            SqsProcessor({"ping": handler}, concurrency=bound).process(
+                event(*(record(f"m{i}") for i in range(10)))
+            )
+        )
+        await full.wait()
+        assert in_flight[0] == bound
+        gate.set()
+        return await processing
+
+    assert run(scenario()) == {"batchItemFailures": []}
+    assert peak[0] == bound
+
+
+def test_fifo_groups_run_in_order_and_stop_at_a_failure() -> None:
+    order: list[str] = []
+    running: defaultdict[str, int] = defaultdict(int)
+    peak: defaultdict[str, int] = defaultdict(int)
+
+    async def handler(envelope: Envelope, context: RecordContext) -> None:
+        group = context.group_id or ""
+        running[group] += 1
+        peak[group] = max(peak[group], running[group])
+        for _ in range(3):  # give any other record of the group a chance to interleave
+            await asyncio.sleep(0)
+        order.append(context.message_id)
+        running[group] -= 1
+        if envelope.payload.get("fail"):
+            raise RuntimeError("handler failed")
+
+    batch = event(
+        record("a1", group="A"),
+        record("b1", group="B"),
+        record("a2", group="A", payload={"fail": True}),
+        record("b2", group="B"),
+        record("a3", group="A"),
+        record("b3", group="B"),
+    )
+
+    response = run(SqsProcessor({"ping": handler}).process(batch))
+
+    assert failed(response) == ["a2", "a3"]
+    assert [m for m in order if m.startswith("a")] == ["a1", "a2"]
+    assert [m for m in order if m.startswith("b")] == ["b1", "b2", "b3"]
+    assert peak == {"A": 1, "B": 1}
+
+
+def test_a_bad_record_in_a_fifo_group_fails_the_rest_of_it() -> None:
+    handler = Recorder()
+    batch = event(
+        record("a1", group="A", body="nope"),
+        record("a2", group="A"),
+        record("b1", group="B"),
+    )
+
+    response = run(SqsProcessor({"ping": handler}).process(batch))
+
+    assert failed(response) == ["a1", "a2"]
+    assert [c.message_id for _, c in handler.seen] == ["b1"]
+
+
+def test_records_running_at_the_deadline_are_cancelled_and_reported_with_the_unstarted() -> None:
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    async def handler(envelope: Envelope, context: RecordContext) -> None:
+        started.append(context.message_id)
+        if envelope.payload.get("slow"):
+            try:
+                await asyncio.Event().wait()  # never set: runs into the deadline
+            except asyncio.CancelledError:
+                cancelled.append(context.message_id)
+                raise
+
+    processor = SqsProcessor({"ping": handler}, concurrency=2, margin_s=0)
+
+    @lambda_handler
+    async def function(batch: dict[str, Any], context: Any) -> dict[str, Any]:
+        return await processor.process(batch)
+
+    batch = event(
+        record("fast", payload={}),
+        record("slow1", payload={"slow": True}),
+        record("slow2", payload={"slow": True}),
+        record("later", payload={}),
+    )
+
+    response = function(batch, lambda_context(timeout_s=1.5))
+
+    assert failed(response) == ["slow1", "slow2", "later"]
+    assert started == ["fast", "slow1", "slow2"]
+    assert sorted(cancelled) == ["slow1", "slow2"]
+
+
+def test_no_record_starts_within_the_margin_of_the_deadline() -> None:
+    handler = Recorder()
+    processor = SqsProcessor({"ping": handler}, margin_s=60)
+
+    @lambda_handler
+    async def function(batch: dict[str, Any], context: Any) -> dict[str, Any]:
+        return await processor.process(batch)
+
+    response = function(event(record("m1"), record("m2", group="G")), lambda_context(5))
+
+    assert failed(response) == ["m1", "m2"]
+    assert handler.seen == []
+
+
+def test_duplicate_envelope_ids_in_one_batch_run_the_work_once() -> None:
+    runs: list[str] = []
+
+    async def handler(envelope: Envelope, context: RecordContext) -> dict[str, str]:
+        runs.append(context.message_id)
+        await asyncio.sleep(0)  # the other records of the batch meet it in progress
+        return {"done": envelope.id}
+
+    guard = IdempotencyGuard(FakeIdempotencyTable())
+    batch = event(*(record(f"m{i}", envelope_id="same", payload={"n": 1}) for i in range(5)))
+
+    one_at_a_time = run(SqsProcessor({"ping": handler}, concurrency=1, guard=guard).process(batch))
+    assert one_at_a_time == {"batchItemFailures": []}  # the duplicates replayed
+
+    concurrent = run(
+        SqsProcessor({"ping": handler}, concurrency=5, guard=guard).process(
+            event(*(record(f"n{i}", envelope_id="other", payload={"n": 2}) for i in range(5)))
+        )
+    )
+
+    assert runs == ["m0", runs[1]]
+    assert runs[1].startswith("n")
+    # The ones that met the first in progress are redelivered later (and then replay).
+    assert failed(concurrent) == [f"n{i}" for i in range(5) if f"n{i}" != runs[1]]
+
+
+def test_a_reused_envelope_id_with_another_payload_fails_its_record() -> None:
+    handler = Recorder()
+    guard = IdempotencyGuard(FakeIdempotencyTable())
+    processor = SqsProcessor({"ping": handler}, concurrency=1, guard=guard)
+
+    response = run(
+        processor.process(
+            event(
+                record("m1", envelope_id="same", payload={"n": 1}),
+                record("m2", envelope_id="same", payload={"n": 2}),
+            )
+        )
+    )
+
+    assert failed(response) == ["m2"]
+    assert len(handler.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"concurrency": 0}, "concurrency"), ({"margin_s": -1}, "margin_s")]
+)
+def test_invalid_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SqsProcessor({}, **kwargs)
