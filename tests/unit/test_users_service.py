@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import pytest
@@ -13,7 +13,9 @@ from api.users.repository import UsersRepository, email_key, user_key
 from api.users.service import UsersService
 from fakes import CountingRedis, FakeTable
 from lambdaloop.cache import Cache
+from lambdaloop.errors import DependencyUnavailable, TransactionConflict
 from lambdaloop.runtime import get_loop
+from lambdaloop.store import TransactOp
 
 T = TypeVar("T")
 
@@ -166,3 +168,16 @@ def test_an_id_taken_behind_the_counters_back_is_skipped(world: World) -> None:
     user = run(world.service.create(fields("a@x.org")))
 
     assert user["id"] == 2
+
+
+class ThrottledTable(FakeTable):
+    async def transact_write(self, operations: Sequence[TransactOp]) -> None:
+        raise TransactionConflict(["ThrottlingError"] + ["None"] * (len(operations) - 1))
+
+
+def test_a_throttled_transaction_is_dynamodbs_trouble_not_a_conflict() -> None:
+    cache = Cache("users", client=CountingRedis())
+    service = UsersService(UsersRepository(ThrottledTable()), cache)
+
+    with pytest.raises(DependencyUnavailable):
+        run(service.create(fields("t@x.org")))

@@ -173,9 +173,15 @@ class UsersRepository:
             await self.table.transact_write(operations)
 
 
+_THROTTLED = frozenset({"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"})
+
+
 def _explain(exc: TransactionConflict, users: Sequence[dict[str, Any]]) -> Exception:
-    """Which condition failed: a taken email is the client's conflict, a changed or taken
-    user record is a race the service retries."""
+    """Why the transaction was cancelled: throttling is DynamoDB's trouble (503), a taken
+    email the client's conflict (409), a changed or taken user record a race the service
+    retries."""
+    if _THROTTLED & set(exc.reasons):
+        return DependencyUnavailable("dynamodb", f"transaction throttled: {exc.reasons}")
     taken = [
         user["email"]
         for index, user in enumerate(users)
