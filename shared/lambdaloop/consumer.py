@@ -21,24 +21,29 @@ for one.
   at a time; after a failure the rest of the group is failed without running (running them
   would break the order). Groups run concurrently.
 
-Retrying with backoff (``ChangeMessageVisibility``) is not done here: a failed record comes
-back after the queue's visibility timeout.
+- Retry with backoff: a handler raises :class:`~lambdaloop.errors.RetryLater` for a
+  transient failure; with a :class:`RetryPolicy`, the record's visibility is set
+  (ChangeMessageVisibility) to its delay or to capped exponential backoff with jitter on
+  the receive count, so it comes back then instead of after the queue's visibility timeout.
+  The number of attempts is the queue's own maxReceiveCount (then the DLQ).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random as _random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from lambdaloop.errors import IdempotencyError
+from lambdaloop._aws import AwsAdapter
+from lambdaloop.errors import DependencyError, IdempotencyError, RetryLater
 from lambdaloop.idempotency import IdempotencyGuard, payload_hash
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline, current_deadline
 
-__all__ = ["Handler", "RecordContext", "SqsProcessor"]
+__all__ = ["Handler", "RecordContext", "RetryPolicy", "SqsProcessor"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +67,36 @@ Handler = Callable[[Envelope, RecordContext], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Where and how long :class:`~lambdaloop.errors.RetryLater` records are put back."""
+
+    queue_url: str
+    base_s: float = 2.0
+    #: The cap (ChangeMessageVisibility allows up to 12 hours).
+    max_s: float = 900.0
+    random: Callable[[], float] = field(default=_random.random)
+
+    def delay(self, receive_count: int, asked: float | None) -> int:
+        if asked is not None:
+            return max(0, min(int(asked), 43_200))
+        ceiling = min(self.max_s, self.base_s * 2.0 ** max(0, receive_count - 1))
+        # Equal jitter: at least half the backoff, so retries stay spread but not immediate.
+        return int(ceiling / 2 + self.random() * ceiling / 2)
+
+
+class _Visibility(AwsAdapter):
+    service = "sqs"
+
+    async def postpone(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
+        await self._call(
+            "change_message_visibility",
+            QueueUrl=queue_url,
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=seconds,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _Record:
     message_id: str
     raw: Mapping[str, Any]
@@ -82,6 +117,8 @@ class SqsProcessor:
         concurrency: int = 10,
         guard: IdempotencyGuard | None = None,
         margin_s: float = 1.0,
+        retry: RetryPolicy | None = None,
+        sqs_client: Any = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -91,6 +128,8 @@ class SqsProcessor:
         self._concurrency = concurrency
         self._guard = guard
         self._margin_s = margin_s
+        self._retry = retry
+        self._visibility = _Visibility(sqs_client)
 
     async def process(self, event: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
         """Process the batch; the records that did not succeed, in ``batchItemFailures``."""
@@ -171,6 +210,9 @@ class SqsProcessor:
                     lambda: handler(envelope, context),
                     deadline,
                 )
+        except RetryLater as exc:
+            await self._retry_later(record, context.receive_count, exc)
+            return False
         except IdempotencyError as exc:
             logger.warning("record %s failed: %s", record.message_id, exc)
             return False
@@ -180,6 +222,20 @@ class SqsProcessor:
             )
             return False
         return True
+
+    async def _retry_later(self, record: _Record, receive_count: int, exc: RetryLater) -> None:
+        if self._retry is None:
+            logger.warning("record %s failed (retry later): %s", record.message_id, exc)
+            return
+        delay = self._retry.delay(receive_count, exc.delay_s)
+        logger.warning("record %s back in %d s: %s", record.message_id, delay, exc)
+        try:
+            await self._visibility.postpone(
+                self._retry.queue_url, str(record.raw.get("receiptHandle", "")), delay
+            )
+        except DependencyError as error:
+            # It still comes back, after the queue's visibility timeout instead.
+            logger.warning("record %s: could not set its delay: %s", record.message_id, error)
 
 
 def _chains(records: Sequence[_Record]) -> list[list[_Record]]:

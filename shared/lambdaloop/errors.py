@@ -10,6 +10,7 @@ handlers, not here.
     ├── ConditionFailed          a conditional write found the item not as required
     │   └── TransactionConflict  a transaction was cancelled; ``reasons`` says which operation
     ├── PublishError             queue messages were refused; ``failed`` says which and why
+    ├── RetryLater               a queue handler asks for its message again, after a delay
     ├── IdempotencyError         an idempotency key cannot be processed now; ``key`` names it
     │   ├── IdempotencyInProgress  another attempt holds the key and its deadline has not passed
     │   └── IdempotencyKeyReused   the key was used before with a different payload
@@ -33,6 +34,7 @@ __all__ = [
     "IdempotencyKeyReused",
     "LambdaloopError",
     "PublishError",
+    "RetryLater",
     "SettingsError",
     "TransactionConflict",
 ]
@@ -96,6 +98,15 @@ class PublishError(LambdaloopError):
         self.failed = dict(failed)
         listed = "; ".join(f"{message_id}: {why}" for message_id, why in self.failed.items())
         super().__init__(f"{len(self.failed)} message(s) not published: {listed}")
+
+
+class RetryLater(LambdaloopError):
+    """Raised by a queue message handler for a transient failure: the message comes back
+    after ``delay_s`` seconds (``None``: the consumer's capped exponential backoff)."""
+
+    def __init__(self, reason: str, delay_s: float | None = None) -> None:
+        self.delay_s = delay_s
+        super().__init__(reason)
 
 
 class IdempotencyError(LambdaloopError):

@@ -12,7 +12,8 @@ import pytest
 
 # Shared from its test module until it moves to tests/fakes.py.
 from fakes import FakeIdempotencyTable
-from lambdaloop.consumer import RecordContext, SqsProcessor
+from lambdaloop.consumer import RecordContext, RetryPolicy, SqsProcessor
+from lambdaloop.errors import RetryLater
 from lambdaloop.idempotency import IdempotencyGuard
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline, get_loop, lambda_handler
@@ -290,3 +291,58 @@ def test_a_reused_envelope_id_with_another_payload_fails_its_record() -> None:
 def test_invalid_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SqsProcessor({}, **kwargs)
+
+
+class FakeSqs:
+    """Records ChangeMessageVisibility calls; can be told to fail them."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.visibility: list[tuple[str, str, int]] = []
+        self.fail = fail
+
+    def change_message_visibility(self, **params: Any) -> dict[str, Any]:
+        if self.fail:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url="http://sqs.local")
+        self.visibility.append(
+            (params["QueueUrl"], params["ReceiptHandle"], params["VisibilityTimeout"])
+        )
+        return {}
+
+
+def test_retry_later_sets_a_capped_jittered_backoff_on_the_receive_count() -> None:
+    async def transient(envelope: Envelope, context: RecordContext) -> None:
+        delay = envelope.payload.get("delay")
+        raise RetryLater("downstream busy", delay_s=delay)
+
+    sqs = FakeSqs()
+    policy = RetryPolicy("http://sqs.local/123/q", base_s=2, max_s=10, random=lambda: 0.5)
+    processor = SqsProcessor({"ping": transient}, retry=policy, sqs_client=sqs)
+    batch = event(
+        *(record(f"m{n}", receive_count=n) for n in (1, 2, 3, 5)),
+        record("asked", payload={"delay": 7}),
+    )
+
+    response = run(processor.process(batch))
+
+    assert sorted(failed(response)) == ["asked", "m1", "m2", "m3", "m5"]
+    delays = {handle: seconds for _, handle, seconds in sqs.visibility}
+    # ceiling = min(10, 2 * 2**(n-1)); half of it fixed, half jittered (random = 0.5)
+    assert delays == {"rh-m1": 1, "rh-m2": 3, "rh-m3": 6, "rh-m5": 7, "rh-asked": 7}
+    assert {url for url, _, _ in sqs.visibility} == {"http://sqs.local/123/q"}
+
+
+def test_retry_later_without_a_policy_or_with_sqs_down_is_just_a_failure() -> None:
+    async def transient(envelope: Envelope, context: RecordContext) -> None:
+        raise RetryLater("downstream busy")
+
+    sqs = FakeSqs(fail=True)
+    with_policy = SqsProcessor(
+        {"ping": transient}, retry=RetryPolicy("http://sqs.local/123/q"), sqs_client=sqs
+    )
+    without = SqsProcessor({"ping": transient})
+
+    assert failed(run(with_policy.process(event(record("a"))))) == ["a"]
+    assert failed(run(without.process(event(record("b"))))) == ["b"]
+    assert sqs.visibility == []
