@@ -49,6 +49,7 @@ GOAL_VS_NAIVE = 0.5
 #: The same environment for every peer: what the API function's cold start reads.
 BENCH_ENV = {
     "USERS_TABLE": "bench-users",
+    "NOTIFICATIONS_TABLE": "bench-notifications",
     "NOTIFY_QUEUE_URL": "http://127.0.0.1:9/000000000000/bench",
     "REDIS_URL": "redis://127.0.0.1:9/0",
     "AWS_REGION": "us-east-1",

@@ -143,6 +143,7 @@ class InProcessApi:
 def forget_environment() -> None:
     """Drop what the API and the layer read from the environment and built from it (settings,
     clients, the users service), so a test can point them at other endpoints."""
+    from api.notifications.dependencies import notifications_service_cache_clear
     from api.settings import get_api_settings
     from api.system import health_probes
     from api.users.dependencies import users_service_cache_clear
@@ -155,6 +156,7 @@ def forget_environment() -> None:
     get_api_settings.cache_clear()
     health_probes.cache_clear()
     users_service_cache_clear()
+    notifications_service_cache_clear()
 
 
 def function_in_folder(

@@ -78,6 +78,7 @@ async def _dev(args: argparse.Namespace) -> int:
         aws_port=args.aws_port,
         redis_port=args.redis_port,
         prefer_real_redis=not args.embedded_redis,
+        env_vars=_read_env_vars(args.env_vars),
     )
     stack = LocalStack(config)
     stack.start()
@@ -130,6 +131,16 @@ def _read_event(source: str | None) -> Any:
     return json.loads(Path(source).read_text())
 
 
+def _read_env_vars(path: Path | None) -> dict[str, dict[str, str]]:
+    """An --env-vars file, in sam local's format: {"Function": {"VAR": "value"}, ...}."""
+    if path is None:
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise SystemExit(f"{path}: expected {{\"FunctionId\": {{\"NAME\": \"value\"}}, ...}}")
+    return data
+
+
 async def _invoke(args: argparse.Namespace) -> int:
     event = _read_event(args.event)
     running = _running_dev(args.template)
@@ -139,9 +150,12 @@ async def _invoke(args: argparse.Namespace) -> int:
             template_path=args.template,
             aws_endpoint=running["aws_endpoint"],
             redis_url=running["redis_url"],
+            env_vars=_read_env_vars(args.env_vars),
         )
     else:
-        config = StackConfig(template_path=args.template, aws_port=0)
+        config = StackConfig(
+            template_path=args.template, aws_port=0, env_vars=_read_env_vars(args.env_vars)
+        )
     stack = LocalStack(config)
     stack.template.function(args.function)  # an unknown name fails before anything starts
     with stack:
@@ -160,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lambdaloop", description=__doc__.split("\n")[0])
     parser.add_argument("--template", type=Path, default=TEMPLATE_PATH, help="template.yaml")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--env-vars",
+        type=Path,
+        help="JSON of variables over the template's (sam local's format)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     dev = commands.add_parser("dev", help="run the bundle locally")

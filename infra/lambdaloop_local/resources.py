@@ -1,6 +1,6 @@
 """The template's data resources, created in moto, and their local names and attributes.
 
-Tables, queues (with their redrive policies) and buckets come from template.yaml, never
+Tables, queues (with their redrive policies), buckets and secrets come from template.yaml, never
 from a second list, so the local stack cannot drift from what is deployed. Creation is
 idempotent: a second run against the same moto finds what is there.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +93,7 @@ def create_resources(
     _create_tables(template, client("dynamodb"), resolver, local, pseudo)
     _create_queues(template, client("sqs"), resolver, local, pseudo)
     _create_buckets(template, client("s3"), resolver, local, pseudo)
+    _create_secrets(template, client("secretsmanager"), resolver, local, pseudo)
     return local
 
 
@@ -161,3 +164,28 @@ def _create_buckets(
                 f"{logical_id}.DomainName": f"{name}.s3.amazonaws.com",
             }
         )
+
+
+def _create_secrets(
+    template: Template, client: Any, resolver: Resolver, local: LocalResources, pseudo: Pseudo
+) -> None:
+    """Secrets with their ``SecretString``, or a value made as ``GenerateSecretString`` asks
+    (length, punctuation); an existing secret keeps its value (the receivers know it)."""
+    for logical_id, resource in template.of_type("AWS::SecretsManager::Secret").items():
+        props = resolver.resolve(resource.get("Properties") or {})
+        name = props.get("Name") or _physical_name(logical_id, pseudo)
+        try:
+            arn = client.describe_secret(SecretId=name)["ARN"]
+        except client.exceptions.ResourceNotFoundException:
+            value = props.get("SecretString") or _generate(props.get("GenerateSecretString") or {})
+            arn = client.create_secret(Name=name, SecretString=value)["ARN"]
+        local.refs[logical_id] = arn
+        local.attributes[f"{logical_id}.Id"] = arn
+
+
+def _generate(spec: dict[str, Any]) -> str:
+    alphabet = string.ascii_letters + string.digits
+    if str(spec.get("ExcludePunctuation", "false")).lower() != "true":
+        alphabet += "!#$%&()*+,-.:;<=>?@[]^_{|}~"
+    length = int(spec.get("PasswordLength", 32))
+    return "".join(secrets.choice(alphabet) for _ in range(length))

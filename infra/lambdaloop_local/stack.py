@@ -7,7 +7,7 @@ runs locally runs through here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -43,6 +43,9 @@ class StackConfig:
     #: Attach to services that already run (a ``lambdaloop dev`` in another terminal).
     aws_endpoint: str | None = None
     redis_url: str | None = None
+    #: Variables over the template's, in ``sam local``'s --env-vars shape: by function
+    #: logical id, and under "Parameters" for every function.
+    env_vars: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class LocalStack:
@@ -146,6 +149,8 @@ class LocalStack:
         spec = self.template.function(logical_id)
         resolver = self.resources.resolver(self.template, self.config.pseudo)
         variables = {name: str(value) for name, value in resolver.resolve(spec.environment).items()}
+        for scope in ("Parameters", logical_id):
+            variables.update({k: str(v) for k, v in self.config.env_vars.get(scope, {}).items()})
         region = self.config.pseudo.region
         return {
             **{name: self._local_url(value) for name, value in variables.items()},

@@ -32,6 +32,7 @@ first error is raised after every chunk has finished; other chunks may have been
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import logging
 import math
@@ -53,8 +54,10 @@ __all__ = [
     "BatchWriteResult",
     "Item",
     "Key",
+    "Page",
     "Table",
     "TransactOp",
+    "utc_timestamp",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,12 @@ _TRANSACTION_LIMIT = 100
 #: Error codes that mean "throttled", seen only once botocore's own retries gave up.
 
 
+def utc_timestamp() -> str:
+    """Now as ISO 8601 UTC with milliseconds (``2026-11-25T06:30:00.123Z``): the format of
+    stored times, which sorts as text in time order (usable as a sort key)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 # ----------------------------------------------------------------------------- results
 
 
@@ -83,6 +92,15 @@ class BatchGetResult:
 
     items: list[Item]
     unprocessed: list[Key]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a query: its items, and the key to start the next page from (``None``
+    on the last page)."""
+
+    items: list[Item]
+    next_key: Key | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +293,7 @@ class Table(AwsAdapter):
         key: Key,
         changes: Mapping[str, Any],
         *,
+        add: Mapping[str, int | float] | None = None,
         must_exist: bool = True,
         condition: str | None = None,
         names: Mapping[str, str] | None = None,
@@ -282,14 +301,16 @@ class Table(AwsAdapter):
     ) -> Item:
         """Change some attributes of the item at ``key`` and return the whole item after.
 
-        Each change sets its attribute, or removes it when the value is ``None``; any
+        Each change sets its attribute, or removes it when the value is ``None``; each
+        ``add`` entry adds to a number atomically (a missing one counts from 0). Any
         attribute name is safe (placeholders are generated). With ``must_exist`` a missing
         item is not created: :class:`~lambdaloop.errors.ConditionFailed` instead, as when
         ``condition`` does not hold. Key attributes cannot be changed (``ValueError``).
         """
-        if not changes:
+        add = add or {}
+        if not changes and not add:
             raise ValueError("update needs at least one change")
-        if clash := sorted(set(changes) & {*key, *self.key_schema}):
+        if clash := sorted({*changes, *add} & {*key, *self.key_schema}):
             raise ValueError(f"key attributes cannot be updated: {', '.join(clash)}")
         placeholders = _Placeholders(names, values)
         sets = [
@@ -298,9 +319,12 @@ class Table(AwsAdapter):
             if value is not None
         ]
         removes = [placeholders.name(attr) for attr, value in changes.items() if value is None]
+        adds = [f"{placeholders.name(attr)} {placeholders.value(by)}" for attr, by in add.items()]
         clauses = [f"SET {', '.join(sets)}"] if sets else []
         if removes:
             clauses.append(f"REMOVE {', '.join(removes)}")
+        if adds:
+            clauses.append(f"ADD {', '.join(adds)}")
         response = await self._call(
             "update_item",
             TableName=self.name,
@@ -345,6 +369,47 @@ class Table(AwsAdapter):
         )
         value: int = _deserialize_map(response["Attributes"])[attribute]
         return value
+
+    async def query(
+        self,
+        key_condition: str,
+        *,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+        index: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        start_key: Key | None = None,
+        consistent: bool = False,
+    ) -> Page:
+        """One page of the items matching ``key_condition`` (on the table, or on ``index``),
+        in sort-key order (descending with ``newest_first``), at most ``limit`` of them.
+
+        Pass the page's ``next_key`` as ``start_key`` for the next page. A page may hold
+        fewer than ``limit`` items and still have a next one (DynamoDB stops at 1 MB).
+        """
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
+        placeholders = _Placeholders(names, values)
+        request: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": key_condition,
+            "ScanIndexForward": not newest_first,
+            "ConsistentRead": consistent,
+            **placeholders.params(),
+        }
+        if index is not None:
+            request["IndexName"] = index
+        if limit is not None:
+            request["Limit"] = limit
+        if start_key is not None:
+            request["ExclusiveStartKey"] = _serialize_map(start_key)
+        response = await self._call("query", **request)
+        last = response.get("LastEvaluatedKey")
+        return Page(
+            [_deserialize_map(raw) for raw in response.get("Items", [])],
+            _deserialize_map(last) if last else None,
+        )
 
     # ------------------------------------------------------------------- batches
 

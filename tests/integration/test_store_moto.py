@@ -213,3 +213,46 @@ def test_a_transaction_applies_every_operation(table: Table, prefix: str) -> Non
         ).items
     }
     assert balances == {"a": 5, "b": 5}
+
+
+def test_update_adds_to_numbers_while_it_sets_others(table: Table, prefix: str) -> None:
+    key = {"pk": f"{prefix}#note", "sk": "n"}
+    run(table.put({**key, "status": "queued"}))
+
+    first = run(table.update(key, {"status": "sending"}, add={"attempts": 1}))
+    second = run(table.update(key, {"status": "retrying"}, add={"attempts": 1, "cost": 2.5}))
+
+    assert (first["attempts"], first["status"]) == (1, "sending")
+    assert (second["attempts"], second["cost"], second["status"]) == (2, 2.5, "retrying")
+
+
+def test_query_pages_through_a_partition_in_either_order(table: Table, prefix: str) -> None:
+    pk = f"{prefix}#inbox"
+    for n in range(5):
+        run(table.put({"pk": pk, "sk": f"note#{n}", "n": n}))
+    run(table.put({"pk": f"{prefix}#other", "sk": "note#9", "n": 9}))
+
+    def pages(newest_first: bool) -> list[list[int]]:
+        seen: list[list[int]] = []
+        start = None
+        while True:
+            page = run(
+                table.query(
+                    "#pk = :pk",
+                    names={"#pk": "pk"},
+                    values={":pk": pk},
+                    limit=2,
+                    newest_first=newest_first,
+                    start_key=start,
+                    consistent=True,
+                )
+            )
+            seen.append([item["n"] for item in page.items])
+            if page.next_key is None:
+                return seen
+            start = page.next_key
+
+    assert [n for page in pages(False) for n in page] == [0, 1, 2, 3, 4]
+    newest = pages(True)
+    assert [n for page in newest for n in page] == [4, 3, 2, 1, 0]
+    assert all(len(page) <= 2 for page in newest)

@@ -37,6 +37,7 @@ async def hangs() -> object:
 SETTINGS = ApiSettings.from_env(
     {
         "USERS_TABLE": "users",
+        "NOTIFICATIONS_TABLE": "notifications",
         "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
         "LAMBDALOOP_HEALTH_TIMEOUT_S": "0.2",
     }
@@ -250,6 +251,15 @@ def test_the_openapi_document_lists_every_route() -> None:
     response = call(handler, "GET", "/openapi.json")
 
     paths = body(response)["paths"]
-    assert set(paths) == {"/", "/health", "/users", "/users/batch", "/users/{user_id}"}
+    assert set(paths) == {
+        "/",
+        "/health",
+        "/users",
+        "/users/batch",
+        "/users/{user_id}",
+        "/users/{user_id}/notify",
+        "/users/{user_id}/notifications",
+        "/notifications/{notification_id}",
+    }
     assert set(paths["/users/{user_id}"]) == {"get", "put", "patch", "delete"}
     assert set(paths["/users/batch"]) == {"get", "post"}

@@ -41,6 +41,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
     assert set(caught.value.problems) == {
         "USERS_TABLE",
+        "NOTIFICATIONS_TABLE",
         "NOTIFY_QUEUE_URL",
         "LAMBDALOOP_HEALTH_TIMEOUT_S",
     }

@@ -6,6 +6,7 @@ A pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -18,9 +19,14 @@ from api.problems import internal_error, problem, request_id_var
 from lambdaloop.observability import set_correlation_id
 from lambdaloop.runtime import current_deadline
 
-__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
+__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware", "correlation_id_var"]
 
 logger = logging.getLogger(__name__)
+
+#: The request's correlation id, for what it sends on (queue messages carry it).
+correlation_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "correlation_id", default=None
+)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
@@ -56,6 +62,7 @@ class RequestContextMiddleware:
         request_id = _request_id(scope)
         correlation_id = _header(scope, b"x-correlation-id") or request_id
         request_id_var.set(request_id)
+        correlation_id_var.set(correlation_id)
         set_correlation_id(correlation_id)
         ids = [
             (b"x-request-id", request_id.encode()),

@@ -14,7 +14,10 @@ __all__ = ["ApiSettings", "get_api_settings"]
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     users_table: str
+    notifications_table: str
     notify_queue_url: str
+    #: How long notification records are kept (the table's TTL removes them after).
+    notification_retention_days: int
     #: Each dependency check of GET /health gets this long, all of them at once.
     health_timeout_s: float
     max_body_bytes: int
@@ -29,7 +32,11 @@ class ApiSettings:
         env = EnvReader(environ)
         settings = cls(
             users_table=env.text("USERS_TABLE"),
+            notifications_table=env.text("NOTIFICATIONS_TABLE"),
             notify_queue_url=env.url("NOTIFY_QUEUE_URL", ("https", "http")),
+            notification_retention_days=env.integer(
+                "NOTIFICATION_RETENTION_DAYS", 30, minimum=1, maximum=3650
+            ),
             health_timeout_s=env.number("LAMBDALOOP_HEALTH_TIMEOUT_S", 1.0, minimum=0.01),
             max_body_bytes=env.integer("LAMBDALOOP_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             cache_enabled=env.flag("LAMBDALOOP_CACHE_ENABLED", True),

@@ -11,16 +11,16 @@ from lambdaloop.breaker import CircuitBreaker
 from lambdaloop.cache import Cache
 from lambdaloop.store import Table
 
-__all__ = ["users_service", "users_service_cache_clear"]
+__all__ = ["get_users_service", "users_service", "users_service_cache_clear"]
 
 
 async def users_service() -> UsersService:
     """FastAPI dependency (async: a sync one would cost a thread hop on every request)."""
-    return _build()
+    return get_users_service()
 
 
 @functools.cache
-def _build() -> UsersService:
+def get_users_service() -> UsersService:
     settings = get_api_settings()
     cache = Cache(
         "users",
@@ -38,4 +38,4 @@ def _build() -> UsersService:
 
 def users_service_cache_clear() -> None:
     """Forget the service (tests that change the environment)."""
-    _build.cache_clear()
+    get_users_service.cache_clear()

@@ -7,7 +7,6 @@ slot (``SET NX``) so a slow reader never overwrites a newer write.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,21 +14,17 @@ from api.errors import Conflict, NotFound
 from api.users.models import UserFields, UserPatch
 from api.users.repository import TRANSACTION_USERS, UserExists, UsersRepository, public
 from lambdaloop.cache import MISS, Cache, CacheAside
-from lambdaloop.store import Item
+from lambdaloop.store import Item, utc_timestamp
 
-__all__ = ["UsersService", "utc_now"]
+__all__ = ["UsersService"]
 
 #: Optimistic-concurrency retries when another request changes the same user meanwhile.
 _ATTEMPTS = 3
 
 
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class UsersService:
     def __init__(
-        self, repository: UsersRepository, cache: Cache, *, clock: Callable[[], str] = utc_now
+        self, repository: UsersRepository, cache: Cache, *, clock: Callable[[], str] = utc_timestamp
     ) -> None:
         self.repository = repository
         self.cache = cache

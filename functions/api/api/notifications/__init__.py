@@ -1,0 +1,1 @@
+"""Notifications: POST /users/{id}/notify, GET /notifications/{id}, the inbox."""

@@ -1,0 +1,39 @@
+"""The Notifications service of this execution environment, built on first use."""
+
+from __future__ import annotations
+
+import functools
+
+from api.notifications.repository import NotificationsRepository
+from api.notifications.service import NotificationsService
+from api.settings import get_api_settings
+from api.users.dependencies import get_users_service
+from lambdaloop.queue import Publisher
+from lambdaloop.store import Table
+
+__all__ = [
+    "get_notifications_service",
+    "notifications_service",
+    "notifications_service_cache_clear",
+]
+
+
+async def notifications_service() -> NotificationsService:
+    """FastAPI dependency."""
+    return get_notifications_service()
+
+
+@functools.cache
+def get_notifications_service() -> NotificationsService:
+    settings = get_api_settings()
+    return NotificationsService(
+        NotificationsRepository(Table(settings.notifications_table, key_schema=("id",))),
+        get_users_service(),
+        Publisher(settings.notify_queue_url),
+        retention_s=settings.notification_retention_days * 86_400,
+    )
+
+
+def notifications_service_cache_clear() -> None:
+    """Forget the service (tests that change the environment)."""
+    get_notifications_service.cache_clear()

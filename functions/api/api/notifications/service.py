@@ -1,0 +1,111 @@
+"""Notify a user: store the notification (queued), then publish it for the notify function.
+
+The record is written before the message is sent, so the consumer always finds it; if the
+message cannot be sent, the record says failed and the client gets a 503 (nothing is left
+queued that will never be delivered).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from api.errors import NotFound
+from api.notifications.repository import NotificationsRepository, public
+from lambdaloop.errors import DependencyError, DependencyUnavailable, PublishError
+from lambdaloop.store import utc_timestamp
+
+__all__ = ["DELIVER", "NotificationsService"]
+
+logger = logging.getLogger(__name__)
+
+#: The envelope type the notify function handles.
+DELIVER = "notification.deliver"
+
+
+class Users(Protocol):
+    async def get(self, user_id: int) -> dict[str, Any]: ...
+
+
+class Queue(Protocol):
+    async def publish(
+        self,
+        type: str,
+        payload: dict[str, Any],
+        *,
+        id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str: ...
+
+
+class NotificationsService:
+    def __init__(
+        self,
+        repository: NotificationsRepository,
+        users: Users,
+        queue: Queue,
+        *,
+        retention_s: int,
+        clock: Callable[[], str] = utc_timestamp,
+    ) -> None:
+        self.repository = repository
+        self._users = users
+        self._queue = queue
+        self._retention_s = retention_s
+        self._clock = clock
+
+    async def notify(self, user_id: int, message: str, correlation_id: str | None) -> str:
+        """Queue ``message`` for the user; the notification's id. NotFound for no user."""
+        user = await self._users.get(user_id)
+        notification_id = uuid.uuid4().hex
+        now = self._clock()
+        webhook = user.get("webhook_url")
+        item: dict[str, Any] = {
+            "id": notification_id,
+            "user_id": user_id,
+            "channel": "webhook" if webhook else "inbox",
+            "message": message,
+            "status": "queued",
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": int(time.time()) + self._retention_s,
+        }
+        if webhook:
+            item["webhook_url"] = webhook  # the address when notified, not when delivered
+        await self.repository.create(item)
+        try:
+            await self._queue.publish(
+                DELIVER,
+                {"notification_id": notification_id, "user_id": user_id},
+                id=notification_id,
+                correlation_id=correlation_id,
+            )
+        except (PublishError, DependencyError) as exc:
+            await self._give_up(notification_id, exc)
+            raise DependencyUnavailable("sqs", f"notification not queued: {exc}") from exc
+        return notification_id
+
+    async def _give_up(self, notification_id: str, exc: Exception) -> None:
+        try:
+            await self.repository.not_queued(notification_id, self._clock(), "not queued")
+        except Exception:
+            # The client hears 503 either way; the record stays queued until it expires.
+            logger.exception("notification %s: could not mark it failed", notification_id)
+
+    async def get(self, notification_id: str) -> dict[str, Any]:
+        item = await self.repository.get(notification_id)
+        if item is None:
+            raise NotFound(f"Notification {notification_id} does not exist")
+        return public(item)
+
+    async def inbox(
+        self, user_id: int, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The user's notifications, newest first (NotFound for no user)."""
+        await self._users.get(user_id)
+        items, next_cursor = await self.repository.for_user(user_id, limit, cursor)
+        return [public(item) for item in items], next_cursor

@@ -1,0 +1,1 @@
+"""The notify function: delivers queued notifications (webhook or inbox)."""

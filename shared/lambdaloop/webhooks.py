@@ -1,0 +1,176 @@
+"""Signed webhooks: what the sender signs, how a receiver checks it, and one delivery attempt.
+
+Every request carries three headers:
+
+- ``X-Lambdaloop-Id``: the event's id, stable across retries (receivers deduplicate on it);
+- ``X-Lambdaloop-Timestamp``: when this attempt was signed, in epoch seconds;
+- ``X-Lambdaloop-Signature``: ``v1=`` and the hex HMAC-SHA256, under the shared secret, of
+  ``"{timestamp}." + body`` (the raw body bytes). Signing the timestamp with the body lets a
+  receiver refuse replays of an old request (:func:`verify` allows 5 minutes).
+
+A receiver verifies with :func:`verify`, or in any language: recompute the HMAC over the
+timestamp header, a dot and the raw body, compare in constant time, check the timestamp.
+
+:func:`post` makes one attempt and says what it means for the sender
+(:class:`Attempt`): 2xx is delivered; any other 4xx than 408 and 429 is refused for good
+(retrying the same request cannot help; so is a 3xx, as redirects are not followed: a
+webhook URL is configured, not discovered); 408, 429, 5xx, timeouts and connection errors
+are worth a retry (429's ``Retry-After`` is kept as the delay to wait).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import enum
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = [
+    "ID_HEADER",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "Attempt",
+    "Verdict",
+    "classify",
+    "post",
+    "sign",
+    "verify",
+]
+
+logger = logging.getLogger(__name__)
+
+ID_HEADER = "X-Lambdaloop-Id"
+TIMESTAMP_HEADER = "X-Lambdaloop-Timestamp"
+SIGNATURE_HEADER = "X-Lambdaloop-Signature"
+_SCHEME = "v1"
+#: How old (or how far in the future) a signed timestamp :func:`verify` accepts by default.
+DEFAULT_TOLERANCE_S = 300
+_RETRYABLE_4XX = frozenset({408, 429})
+
+
+def _key(secret: str | bytes) -> bytes:
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    """The signature header's value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(_key(secret), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"{_SCHEME}={mac.hexdigest()}"
+
+
+def verify(
+    secret: str | bytes,
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    *,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """Whether ``signature`` (the header, which may list several comma-separated ``v1=``
+    values while a secret is rotated) signs ``body`` at ``timestamp``, and the timestamp is
+    within ``tolerance_s`` of ``now``."""
+    if not timestamp or not signature:
+        return False
+    try:
+        signed_at = int(timestamp)
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - signed_at) > tolerance_s:
+        return False
+    expected = sign(secret, signed_at, body)
+    return any(hmac.compare_digest(expected, part.strip()) for part in signature.split(","))
+
+
+class Verdict(enum.StrEnum):
+    DELIVERED = "delivered"
+    #: Refused for good: sending it again cannot succeed.
+    REJECTED = "rejected"
+    #: Worth another attempt later.
+    RETRY = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one delivery attempt."""
+
+    verdict: Verdict
+    #: The receiver's HTTP status (``None`` when it never answered).
+    status: int | None
+    #: Why, in a few words (``"HTTP 503"``, ``"timeout"``, ``"connection: ..."``).
+    detail: str
+    #: Seconds the receiver asked to wait (``Retry-After``), if it did.
+    retry_after_s: float | None = None
+
+
+def classify(status: int, headers: Mapping[str, str], *, now: float | None = None) -> Attempt:
+    """What a response with ``status`` means for the sender (see the module docstring)."""
+    detail = f"HTTP {status}"
+    if 200 <= status < 300:
+        return Attempt(Verdict.DELIVERED, status, detail)
+    if status in _RETRYABLE_4XX or status >= 500:
+        return Attempt(Verdict.RETRY, status, detail, _retry_after(headers, now))
+    if 300 <= status < 500:
+        return Attempt(Verdict.REJECTED, status, detail)
+    return Attempt(Verdict.RETRY, status, detail)  # 1xx as a final status: a broken server
+
+
+def _retry_after(headers: Mapping[str, str], now: float | None) -> float | None:
+    """``Retry-After`` in seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
+    value = headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    *,
+    secret: str | bytes,
+    event_id: str,
+    client_timeout: aiohttp.ClientTimeout,
+    headers: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Attempt:
+    """POST ``body`` (JSON) to ``url``, signed, once; never raises for the receiver's or the
+    network's failures (they are the :class:`Attempt`'s verdict)."""
+    import aiohttp
+
+    timestamp = int(clock())
+    request_headers = {
+        "Content-Type": "application/json",
+        ID_HEADER: event_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+        **(headers or {}),
+    }
+    try:
+        async with session.post(
+            url, data=body, headers=request_headers, timeout=client_timeout, allow_redirects=False
+        ) as response:
+            return classify(response.status, response.headers, now=clock())
+    except TimeoutError:
+        return Attempt(Verdict.RETRY, None, "timeout")
+    except aiohttp.InvalidURL as exc:
+        return Attempt(Verdict.REJECTED, None, f"invalid URL: {exc}")
+    except aiohttp.ClientError as exc:
+        return Attempt(Verdict.RETRY, None, f"connection: {type(exc).__name__}: {exc}"[:300])
