@@ -174,11 +174,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lambdaloop", description=__doc__.split("\n")[0])
     parser.add_argument("--template", type=Path, default=TEMPLATE_PATH, help="template.yaml")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--env-vars",
-        type=Path,
-        help="JSON of variables over the template's (sam local's format)",
-    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     dev = commands.add_parser("dev", help="run the bundle locally")
@@ -198,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
     invoke = commands.add_parser("invoke", help="invoke one function once, like sam local invoke")
     invoke.add_argument("function", help="the function's logical id in the template")
     invoke.add_argument("-e", "--event", help="event JSON file ('-' = stdin; default {})")
+    for command in (dev, invoke):
+        command.add_argument(
+            "-n",
+            "--env-vars",
+            type=Path,
+            help="JSON of variables over the template's, as sam local takes them",
+        )
     return parser
 
 

@@ -138,6 +138,23 @@ def test_invoke_attaches_to_a_running_dev(dev: DevServer) -> None:
     assert "using the running lambdaloop dev" in result.stderr
 
 
+def test_invoke_takes_sam_locals_env_vars_file(dev: DevServer, tmp_path: Path) -> None:
+    event = ROOT / "infra" / "events" / "api-root.json"
+    env_vars = tmp_path / "env.json"
+    env_vars.write_text(json.dumps({"ApiFunction": {"POWERTOOLS_SERVICE_NAME": "renamed"}}))
+
+    result = subprocess.run(
+        [*CLI, "invoke", "ApiFunction", "-e", str(event), "--env-vars", str(env_vars)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=True,
+    )
+
+    assert json.loads(json.loads(result.stdout)["body"])["service"] == "renamed"
+
+
 def test_invoke_without_dev_runs_its_own_stack(tmp_path: Path) -> None:
     env = {**os.environ}
     event = ROOT / "infra" / "events" / "api-not-found.json"

@@ -1,4 +1,5 @@
-"""The sample events in infra/events have the shape API Gateway HTTP API (payload 2.0) sends."""
+"""The sample events in infra/events have the shapes API Gateway HTTP API (payload 2.0) and
+Lambda's SQS event source send."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from lambdaloop_local.template import load_template
 
 EVENTS = Path(__file__).resolve().parents[2] / "infra" / "events"
-EVENT_FILES = sorted(EVENTS.glob("*.json"))
+#: SQS events are named after their consumer (notify-*.json); the rest are HTTP API events.
+SQS_EVENT_FILES = sorted(EVENTS.glob("notify-*.json"))
+EVENT_FILES = sorted(set(EVENTS.glob("*.json")) - set(SQS_EVENT_FILES))
 
 
 def _routes() -> set[str]:
@@ -56,3 +59,14 @@ def test_event_route_is_a_route_of_the_template(path: Path) -> None:
     assert event["routeKey"] in _routes() | {"$default"}
     if event["routeKey"].endswith("/{proxy+}"):
         assert "/" + event["pathParameters"]["proxy"] == event["rawPath"]
+
+
+@pytest.mark.parametrize("path", SQS_EVENT_FILES, ids=lambda path: path.name)
+def test_sqs_event_records_have_lambdas_shape(path: Path) -> None:
+    records = _load(path)["Records"]
+    assert records
+    for record in records:
+        assert record["eventSource"] == "aws:sqs"
+        assert record["eventSourceARN"].startswith("arn:aws:sqs:")
+        assert int(record["attributes"]["ApproximateReceiveCount"]) >= 1
+        assert {"messageId", "receiptHandle", "body", "messageAttributes"} <= record.keys()

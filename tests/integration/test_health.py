@@ -111,6 +111,8 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStac
         "api-health.json": 200,
         "api-not-found.json": 404,
         "users-replace.json": 201,
+        "users-notify.json": 202,
+        "users-notifications.json": 200,
         "users-get.json": 200,
         "users-patch.json": 200,
         "users-batch-get.json": 200,
@@ -118,7 +120,8 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStac
         "users-create.json": 201,
         "users-batch-create.json": 201,
     }
-    assert set(expected) == {p.name for p in EVENTS.glob("*.json")}, "an event is not tested"
+    http_events = {p.name for p in EVENTS.glob("*.json")} - {"notify-deliver.json"}
+    assert set(expected) == http_events, "an event is not tested"
     assert local_stack.moto is not None
     local_stack.moto.reset()  # an empty stack: user 1 does not exist yet
     local_stack.create_resources()
@@ -135,6 +138,23 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStac
     statuses = asyncio.run(invoke_all())
 
     assert statuses == expected
+
+
+def test_the_sam_local_invoke_sqs_event_fails_only_its_poison_record(
+    local_stack: LocalStack,
+) -> None:
+    sqs_event = json.loads((EVENTS / "notify-deliver.json").read_text())
+    poison = sqs_event["Records"][1]["messageId"]
+
+    async def invoke() -> Any:
+        pool = FunctionPool(local_stack.local_function("NotifyFunction"))
+        try:
+            return (await pool.invoke(sqs_event)).result
+        finally:
+            await pool.aclose()
+
+    # The good record names a notification that does not exist here: dropped, not failed.
+    assert asyncio.run(invoke()) == {"batchItemFailures": [{"itemIdentifier": poison}]}
 
 
 def test_a_bad_environment_fails_the_cold_start_naming_the_variable(
