@@ -137,7 +137,7 @@ def _read_env_vars(path: Path | None) -> dict[str, dict[str, str]]:
         return {}
     data = json.loads(path.read_text())
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise SystemExit(f"{path}: expected {{\"FunctionId\": {{\"NAME\": \"value\"}}, ...}}")
+        raise SystemExit(f'{path}: expected {{"FunctionId": {{"NAME": "value"}}, ...}}')
     return data
 
 
