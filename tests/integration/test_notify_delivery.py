@@ -1,0 +1,194 @@
+"""The notify function's delivery logic in this process, on moto's notifications table and a
+real loopback receiver: the cases the end-to-end run does not reach."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from lambdaloop.consumer import RecordContext
+from lambdaloop.errors import DependencyError, RetryLater
+from lambdaloop.queue import Envelope
+from lambdaloop.runtime import Deadline, get_loop
+from lambdaloop.secrets_manager import SecretsManager
+from lambdaloop.store import Table
+from lambdaloop_local.stack import LocalStack
+from notify.delivery import Deliverer
+
+T = TypeVar("T")
+
+
+def run(work: Awaitable[T]) -> T:
+    async def wrapped() -> T:
+        return await work
+
+    return get_loop().run_until_complete(wrapped())
+
+
+class Receiver:
+    """Answers 429 with Retry-After: 7 and counts the requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        return web.Response(status=429, headers={"Retry-After": "7"})
+
+    async def _start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/", self._hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+        return runner
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        self.runner = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as server:
+        yield server
+
+
+@pytest.fixture
+def table(local_stack: LocalStack) -> Table:
+    return Table(
+        local_stack.resources.refs["NotificationsTable"],
+        client=local_stack.aws_client("dynamodb"),
+        key_schema=("id",),
+    )
+
+
+@pytest.fixture
+def make(local_stack: LocalStack, table: Table) -> Iterator[Callable[[str], Deliverer]]:
+    """Deliverers reading the signing key from ``secret_id``, sharing one closed-after session."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    def session() -> aiohttp.ClientSession:
+        if not sessions:
+            sessions.append(aiohttp.ClientSession())
+        return sessions[0]
+
+    def build(secret_id: str) -> Deliverer:
+        return Deliverer(
+            table,
+            SecretsManager(local_stack.aws_client("secretsmanager")),
+            session,
+            secret_id=secret_id,
+            max_attempts=5,
+            timeout=aiohttp.ClientTimeout(total=2),
+        )
+
+    yield build
+    for open_session in sessions:
+        run(open_session.close())
+
+
+def secret_id(local_stack: LocalStack) -> str:
+    return local_stack.function_environment("NotifyFunction")["WEBHOOK_SECRET_ID"]
+
+
+def notification(table: Table, **fields: Any) -> str:
+    notification_id = uuid.uuid4().hex
+    item = {
+        "id": notification_id,
+        "user_id": 1,
+        "channel": "webhook",
+        "message": "hi",
+        "status": "queued",
+        "attempts": 0,
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "updated_at": "2026-01-01T00:00:00.000Z",
+        **fields,
+    }
+    run(table.put(item))
+    return notification_id
+
+
+def deliver(target: Deliverer, notification_id: str, receive_count: int = 1) -> Any:
+    envelope = Envelope("notification.deliver", notification_id, {"notification_id": "x"})
+    context = RecordContext(notification_id, receive_count, {}, Deadline.never())
+    return run(target(envelope, context))
+
+
+def test_a_delivered_notification_is_never_sent_again(
+    local_stack: LocalStack, table: Table, receiver: Receiver, make: Callable[[str], Deliverer]
+) -> None:
+    done = notification(table, status="delivered", webhook_url=receiver.url, attempts=1)
+
+    outcome = deliver(make(secret_id(local_stack)), done)
+
+    assert outcome == {"status": "delivered"}
+    assert receiver.requests == 0
+    assert run(table.get({"id": done}))["attempts"] == 1  # type: ignore[index]
+
+
+def test_a_message_whose_record_is_gone_is_dropped(
+    local_stack: LocalStack, make: Callable[[str], Deliverer]
+) -> None:
+    outcome = deliver(make(secret_id(local_stack)), uuid.uuid4().hex)
+
+    assert outcome == {"status": "missing"}
+
+
+def test_429_keeps_the_receivers_delay_and_the_notification_queued(
+    local_stack: LocalStack, table: Table, receiver: Receiver, make: Callable[[str], Deliverer]
+) -> None:
+    pending = notification(table, webhook_url=receiver.url)
+
+    with pytest.raises(RetryLater) as retry:
+        deliver(make(secret_id(local_stack)), pending)
+    record = run(table.get({"id": pending}))
+
+    assert retry.value.delay_s == 7
+    assert record is not None
+    assert (record["status"], record["attempts"], record["error"]) == ("queued", 1, "HTTP 429")
+
+
+def test_the_last_attempt_marks_failed_whatever_broke_it(
+    local_stack: LocalStack, table: Table, receiver: Receiver, make: Callable[[str], Deliverer]
+) -> None:
+    pending = notification(table, webhook_url=receiver.url)
+
+    with pytest.raises(DependencyError):
+        deliver(make("no-such-secret"), pending, receive_count=5)
+    record = run(table.get({"id": pending}))
+
+    assert record is not None
+    assert (record["status"], record["error"]) == ("failed", "gave up: DependencyError")
+    assert receiver.requests == 0
+
+
+def test_the_last_attempt_comes_back_at_once_to_reach_the_dead_letter_queue(
+    local_stack: LocalStack, table: Table, receiver: Receiver, make: Callable[[str], Deliverer]
+) -> None:
+    pending = notification(table, webhook_url=receiver.url)
+
+    with pytest.raises(RetryLater) as retry:
+        deliver(make(secret_id(local_stack)), pending, receive_count=5)
+    record = run(table.get({"id": pending}))
+
+    assert retry.value.delay_s == 0
+    assert record is not None
+    assert (record["status"], record["error"]) == ("failed", "gave up after 5 attempts: HTTP 429")
