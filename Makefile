@@ -75,6 +75,8 @@ format: env
 bench: env
 	$(VENV)/bin/python bench/coldstart.py
 	$(VENV)/bin/python bench/users.py
+	$(VENV)/bin/python bench/consumer.py
+	$(VENV)/bin/python bench/publisher.py
 
 # The layer's requirements are exported from the lock so the deployed layer and the local
 # environment run the same versions.

@@ -35,7 +35,7 @@ import logging
 import random as _random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from lambdaloop._aws import AwsAdapter
 from lambdaloop.errors import DependencyError, IdempotencyError, RetryLater
@@ -96,15 +96,14 @@ class _Visibility(AwsAdapter):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Record:
+class _Record(NamedTuple):
     message_id: str
     raw: Mapping[str, Any]
+    group_id: str | None
 
-    @property
-    def group_id(self) -> str | None:
-        group: str | None = (self.raw.get("attributes") or {}).get("MessageGroupId")
-        return group
+
+def _record(raw: Mapping[str, Any]) -> _Record:
+    return _Record(str(raw["messageId"]), raw, (raw.get("attributes") or {}).get("MessageGroupId"))
 
 
 class SqsProcessor:
@@ -133,44 +132,64 @@ class SqsProcessor:
 
     async def process(self, event: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
         """Process the batch; the records that did not succeed, in ``batchItemFailures``."""
-        records = [_Record(str(r["messageId"]), r) for r in event.get("Records", [])]
+        records = [_record(raw) for raw in event.get("Records", [])]
         deadline = current_deadline()
         succeeded: set[str] = set()
-        slots = asyncio.Semaphore(self._concurrency)
-        chains = [
-            asyncio.ensure_future(self._run_chain(chain, deadline, slots, succeeded))
-            for chain in _chains(records)
-        ]
+        chains = _chains(records)
         if chains:
-            timeout = deadline.timeout()
-            if timeout is not None:
-                timeout = max(0.0, timeout - _REPORT_RESERVE_S)
-            _, unfinished = await asyncio.wait(chains, timeout=timeout)
-            if unfinished:
-                for task in unfinished:
-                    task.cancel()
-                await asyncio.wait(unfinished, timeout=_REPORT_RESERVE_S / 2)
-                logger.warning("deadline: cancelled %d unfinished record chain(s)", len(unfinished))
+            await self._run_chains(chains, deadline, succeeded)
         failed = [r.message_id for r in records if r.message_id not in succeeded]
         if failed:
             logger.warning("%d of %d record(s) failed", len(failed), len(records))
         return {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}
 
+    async def _run_chains(
+        self, chains: Sequence[Sequence[_Record]], deadline: Deadline, succeeded: set[str]
+    ) -> None:
+        """Run every chain at once, until all are done or the deadline's reserve is reached."""
+        # A bound the batch cannot reach would only cost a semaphore round trip per record.
+        slots = asyncio.Semaphore(self._concurrency) if self._concurrency < len(chains) else None
+        countdown = _Countdown(len(chains))
+        tasks = [
+            asyncio.ensure_future(self._run_chain(chain, deadline, slots, succeeded, countdown))
+            for chain in chains
+        ]
+        timeout = deadline.timeout()
+        if timeout is not None:
+            timeout = max(0.0, timeout - _REPORT_RESERVE_S)
+        try:
+            async with asyncio.timeout(timeout):
+                await countdown.done
+        except TimeoutError:
+            unfinished = [task for task in tasks if not task.done()]
+            for task in unfinished:
+                task.cancel()
+            await asyncio.wait(unfinished, timeout=_REPORT_RESERVE_S / 2)
+            logger.warning("deadline: cancelled %d unfinished record chain(s)", len(unfinished))
+
     async def _run_chain(
         self,
         chain: Sequence[_Record],
         deadline: Deadline,
-        slots: asyncio.Semaphore,
+        slots: asyncio.Semaphore | None,
         succeeded: set[str],
+        countdown: _Countdown,
     ) -> None:
         """Run records one after the other, stopping at the first that does not succeed
         (the rest are failed by not being in ``succeeded``)."""
-        for record in chain:
-            async with slots:
-                if deadline.remaining() <= self._margin_s:
-                    logger.warning("record %s not started: deadline near", record.message_id)
-                    return
-                if not await self._run_record(record, deadline):
+        try:
+            for record in chain:
+                if slots is not None:
+                    await slots.acquire()
+                try:
+                    if deadline.remaining() <= self._margin_s:
+                        logger.warning("record %s not started: deadline near", record.message_id)
+                        return
+                    ok = await self._run_record(record, deadline)
+                finally:
+                    if slots is not None:
+                        slots.release()
+                if not ok:
                     if len(chain) > 1:
                         logger.warning(
                             "group %s: the records after %s are failed without running",
@@ -178,7 +197,9 @@ class SqsProcessor:
                             record.message_id,
                         )
                     return
-            succeeded.add(record.message_id)
+                succeeded.add(record.message_id)
+        finally:
+            countdown.arrive()
 
     async def _run_record(self, record: _Record, deadline: Deadline) -> bool:
         try:
@@ -236,6 +257,22 @@ class SqsProcessor:
         except DependencyError as error:
             # It still comes back, after the queue's visibility timeout instead.
             logger.warning("record %s: could not set its delay: %s", record.message_id, error)
+
+
+class _Countdown:
+    """Resolves ``done`` once ``count`` chains have arrived (cheaper than asyncio.wait,
+    which adds a done callback to every task)."""
+
+    __slots__ = ("_left", "done")
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def arrive(self) -> None:
+        self._left -= 1
+        if self._left == 0 and not self.done.done():
+            self.done.set_result(None)
 
 
 def _chains(records: Sequence[_Record]) -> list[list[_Record]]:

@@ -108,12 +108,15 @@ class Envelope:
             raise ValueError(f"body: not a UTF-8 JSON document ({exc})") from exc
         if not isinstance(data, dict):
             raise ValueError(f"body: expected a JSON object, got {type(data).__name__}")
-        if missing := sorted(_FIELDS - data.keys()):
-            raise ValueError(f"{missing[0]}: missing (missing fields: {', '.join(missing)})")
-        if unknown := sorted(data.keys() - _FIELDS):
+        if data.keys() != _FIELDS:
+            if missing := sorted(_FIELDS - data.keys()):
+                raise ValueError(f"{missing[0]}: missing (missing fields: {', '.join(missing)})")
+            unknown = sorted(data.keys() - _FIELDS)
             raise ValueError(f"{unknown[0]}: unexpected field (unexpected: {', '.join(unknown)})")
-        _check_fields(data["type"], data["id"], data["version"], data["payload"])
-        return cls(type=data["type"], id=data["id"], payload=data["payload"])
+        # The constructor checks the values (once).
+        return cls(
+            type=data["type"], id=data["id"], payload=data["payload"], version=data["version"]
+        )
 
 
 def _check_fields(type_: object, id_: object, version: object, payload: object) -> None:
