@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -14,6 +15,9 @@ from lambdaloop_local.apigw import HttpRoute, build_event
 from lambdaloop_local.context import LocalContext
 from lambdaloop_local.functions import LocalFunction
 from lambdaloop_local.template import FunctionSpec
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 HAS_REDIS_SERVER = shutil.which("redis-server") is not None
 requires_redis_server: pytest.MarkDecorator = pytest.mark.skipif(
@@ -55,12 +59,18 @@ def http_event(
 
 class LoopbackHttpServer:
     """A real aiohttp server on 127.0.0.1, on its own loop in a thread (the code under test
-    runs on the runtime's loop, which only turns during an invocation)."""
+    runs on the runtime's loop, which only turns during an invocation).
 
-    def __init__(self) -> None:
+    ``routes`` adds the handlers to the app's router (by default ``GET /hello``, counted in
+    ``requests``). A handler that must hang until the test ends awaits ``closing``, which
+    is set before the server shuts down.
+    """
+
+    def __init__(self, routes: Callable[[web.UrlDispatcher], object] | None = None) -> None:
         import asyncio
         import threading
 
+        self._routes = routes
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.requests = 0
@@ -76,9 +86,13 @@ class LoopbackHttpServer:
             return web.json_response({"hello": request.query.get("name", "world")})
 
         async def start() -> web.AppRunner:
+            self.closing = asyncio.Event()
             app = web.Application()
-            app.router.add_get("/hello", hello)
-            runner = web.AppRunner(app)
+            if self._routes is None:
+                app.router.add_get("/hello", hello)
+            else:
+                self._routes(app.router)
+            runner = web.AppRunner(app, shutdown_timeout=0.1)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
@@ -92,6 +106,7 @@ class LoopbackHttpServer:
     def __exit__(self, *exc: object) -> None:
         import asyncio
 
+        self._loop.call_soon_threadsafe(self.closing.set)
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

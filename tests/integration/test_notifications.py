@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from api.app import create_app
 from lambdaloop.asgi import asgi_handler
 from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from lambdaloop_local.stack import LocalStack, StackConfig
-from support import InProcessApi, forget_environment
+from support import InProcessApi, LoopbackHttpServer, forget_environment
 
 #: Short webhook timeouts and no backoff, so retries happen within the test.
 NOTIFY_ENV = {
@@ -37,73 +37,46 @@ class Received:
     body: dict[str, Any]
 
 
-@dataclass
 class WebhookReceiver:
-    """A real aiohttp server; ``/{script}`` answers as its script says, attempt by attempt
-    (the last answer repeats): a status code, or ``hang`` (never answers)."""
+    """A real webhook receiver; ``/{script}`` answers as its script says, attempt by attempt
+    (the last answer repeats): a status code, or ``hang`` (never answers in time)."""
 
-    secret: str
-    scripts: dict[str, list[str]]
-    received: list[Received] = field(default_factory=list)
-    port: int = 0
+    def __init__(self, secret: str, scripts: dict[str, list[str]]) -> None:
+        self.secret = secret
+        self.scripts = scripts
+        self.received: list[Received] = []
+        self.server = LoopbackHttpServer(lambda router: router.add_post("/{script}", self._hook))
 
-    def __post_init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._release: asyncio.Event | None = None
+    async def _hook(self, request: web.Request) -> web.Response:
+        name = request.match_info["script"]
+        body = await request.read()
+        headers = request.headers
+        self.received.append(
+            Received(
+                name,
+                headers.get(ID_HEADER, ""),
+                verify(
+                    self.secret, body, headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER)
+                ),
+                json.loads(body),
+            )
+        )
+        attempt = sum(1 for r in self.received if r.script == name)
+        answer = self.scripts[name][min(attempt, len(self.scripts[name])) - 1]
+        if answer == "hang":
+            await self.server.closing.wait()
+            answer = "503"
+        return web.Response(status=int(answer))
 
     def __enter__(self) -> WebhookReceiver:
-        from aiohttp import web
-
-        async def hook(request: web.Request) -> web.Response:
-            name = request.match_info["script"]
-            body = await request.read()
-            self.received.append(
-                Received(
-                    name,
-                    request.headers.get(ID_HEADER, ""),
-                    verify(
-                        self.secret,
-                        body,
-                        request.headers.get(TIMESTAMP_HEADER),
-                        request.headers.get(SIGNATURE_HEADER),
-                    ),
-                    json.loads(body),
-                )
-            )
-            attempt = sum(1 for r in self.received if r.script == name)
-            answers = self.scripts[name]
-            answer = answers[min(attempt, len(answers)) - 1]
-            if answer == "hang":
-                assert self._release is not None
-                await self._release.wait()
-                answer = "503"
-            return web.Response(status=int(answer))
-
-        async def start() -> web.AppRunner:
-            self._release = asyncio.Event()
-            app = web.Application()
-            app.router.add_post("/{script}", hook)
-            runner = web.AppRunner(app, shutdown_timeout=0.1)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self.port = runner.addresses[0][1]
-            return runner
-
-        self._thread.start()
-        self._runner = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        self.server.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._release is not None
-        self._loop.call_soon_threadsafe(self._release.set)
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self.server.__exit__(*exc)
 
     def url(self, script: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{script}"
+        return f"{self.server.url}/{script}"
 
     def attempts(self, notification_id: str) -> list[Received]:
         return [r for r in self.received if r.notification_id == notification_id]

@@ -3,8 +3,6 @@ real loopback receiver: the cases the end-to-end run does not reach."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -21,6 +19,7 @@ from lambdaloop.secrets_manager import SecretsManager
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
 from notify.delivery import Deliverer
+from support import LoopbackHttpServer
 
 T = TypeVar("T")
 
@@ -37,32 +36,19 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = LoopbackHttpServer(lambda router: router.add_post("/", self._hook))
 
     async def _hook(self, request: web.Request) -> web.Response:
         self.requests += 1
         return web.Response(status=429, headers={"Retry-After": "7"})
 
-    async def _start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/", self._hook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-        return runner
-
     def __enter__(self) -> Receiver:
-        self.thread.start()
-        self.runner = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        self.server.__enter__()
+        self.url = f"{self.server.url}/"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.server.__exit__(*exc)
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
@@ -17,6 +15,7 @@ from lambdaloop.runtime import get_loop
 from lambdaloop.secrets_manager import SecretsManager
 from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Verdict, post, verify
 from lambdaloop_local.stack import LocalStack
+from support import LoopbackHttpServer
 
 T = TypeVar("T")
 SECRET = "loopback-secret"
@@ -35,8 +34,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.seen: list[tuple[bool, str]] = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = LoopbackHttpServer(lambda router: router.add_post("/{status}", self._hook))
 
     async def _hook(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -44,30 +42,20 @@ class Receiver:
         ok = verify(SECRET, body, headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER))
         self.seen.append((ok, headers.get(ID_HEADER, "")))
         if request.match_info["status"] == "hang":
-            await self.release.wait()
-        return web.Response(status=int(request.match_info["status"].replace("hang", "200")))
-
-    async def _start(self) -> web.AppRunner:
-        self.release = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/{status}", self._hook)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.port = runner.addresses[0][1]
-        return runner
+            await self.server.closing.wait()
+            return web.Response(status=503)
+        return web.Response(status=int(request.match_info["status"]))
 
     def __enter__(self) -> Receiver:
-        self.thread.start()
-        self.runner = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        self.server.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.release.set)
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.server.__exit__(*exc)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
 
 @pytest.fixture(scope="module")
