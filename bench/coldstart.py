@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchkit import ROOT, p90
+
 API_CODE_URI = ROOT / "functions" / "api"
 SHARED_LAYER = ROOT / "shared"
 
@@ -288,10 +289,6 @@ def measure(peers: Sequence[Peer], runs: int) -> dict[str, Samples]:
             samples[peer.name].first_ms.append(first_ms)
             samples[peer.name].process_ms.append(process_ms)
     return samples
-
-
-def p90(values: Sequence[float]) -> float:
-    return statistics.quantiles(values, n=10, method="inclusive")[-1]
 
 
 def render_table(peers: Sequence[Peer], samples: dict[str, Samples], runs: int) -> list[str]:

@@ -55,13 +55,13 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from lambdaloop_local.context import LocalContext
+from benchkit import ROOT, import_paths, lambda_context, p90
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    pass
+
 
 #: The awaited (or, for the sync peer, blocking) I/O of each record: the ideal batch time.
 IO_S = 0.05
@@ -116,18 +116,6 @@ def sqs_batch(records: int) -> dict[str, Any]:
         queue_url=QUEUE_URL, queue_arn=QUEUE_ARN, report_batch_item_failures=True
     )
     return sqs_event(messages, config)
-
-
-def lambda_context(timeout_s: float = 3600.0) -> LocalContext:
-    """One context for the whole run: its deadline is far beyond it."""
-    from lambdaloop_local.context import LocalContext
-
-    return LocalContext(
-        function_name="ConsumerBench",
-        memory_limit_in_mb=1024,
-        aws_request_id=str(uuid.uuid4()),
-        deadline_ms=int(time.time() * 1000 + timeout_s * 1000),
-    )
 
 
 # -------------------------------------------------------------------------------------- peers
@@ -305,7 +293,7 @@ class Results:
 
 
 def measure(args: argparse.Namespace) -> Results:
-    context = lambda_context()
+    context = lambda_context("ConsumerBench")
     results = Results(args.runs, args.sync_max_s)
     for records in SIZES:
         event = sqs_batch(records)
@@ -326,10 +314,6 @@ def measure(args: argparse.Namespace) -> Results:
 
 
 # ------------------------------------------------------------------------------------- report
-
-
-def p90(values: Sequence[float]) -> float:
-    return statistics.quantiles(values, n=10, method="inclusive")[-1]
 
 
 def met(ok: bool) -> str:
@@ -439,13 +423,6 @@ def raw_numbers(results: Results) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------- main
-
-
-def import_paths() -> None:
-    """The layer and the local emulator, as ``make dev`` lays them out."""
-    for path in (ROOT / "infra", ROOT / "shared"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
 
 
 def quiet_logs() -> None:

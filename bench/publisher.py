@@ -55,14 +55,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from benchkit import import_paths, p90
 
 if TYPE_CHECKING:
     from lambdaloop.queue import OutgoingMessage, Publisher
     from lambdaloop_local.stack import LocalStack
 
-ROOT = Path(__file__).resolve().parent.parent
 
 MESSAGES = 1_000
 MESSAGE_TYPE = "user.created"
@@ -333,10 +333,6 @@ def _measure(stack: LocalStack, args: argparse.Namespace) -> dict[str, Samples]:
 # --------------------------------------------------------------------------------- report
 
 
-def p90(values: Sequence[float]) -> float:
-    return statistics.quantiles(values, n=10, method="inclusive")[-1]
-
-
 def requests_text(counts: Sequence[Counter[str]]) -> str:
     """The requests of a run, by operation; ``a-b`` when runs differed."""
     totals = sorted({sum(c.values()) for c in counts})
@@ -405,13 +401,6 @@ def raw_numbers(samples: dict[str, Samples], args: argparse.Namespace) -> dict[s
 
 
 # ----------------------------------------------------------------------------------- main
-
-
-def import_paths() -> None:
-    """The layer and the local emulator, as ``make dev`` lays them out."""
-    for path in (ROOT / "infra", ROOT / "shared"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
 
 
 def quiet_logs() -> None:

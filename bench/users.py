@@ -49,18 +49,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from benchkit import ROOT, import_paths, lambda_context
 
 if TYPE_CHECKING:
     import asyncio
 
     import redis.asyncio
 
-    from lambdaloop_local.context import LocalContext
     from lambdaloop_local.stack import LocalStack
 
-ROOT = Path(__file__).resolve().parent.parent
 API_CODE_URI = ROOT / "functions" / "api"
 
 #: lambdaloop's p50 over its peer's, at most.
@@ -102,18 +101,6 @@ def api_event(method: str, path: str, *, query: str = "", body: bytes = b"") -> 
         headers=headers,
         body=body,
         source_ip="127.0.0.1",
-    )
-
-
-def lambda_context(timeout_s: float = 3600.0) -> LocalContext:
-    """One context for the whole run: its deadline is far beyond it."""
-    from lambdaloop_local.context import LocalContext
-
-    return LocalContext(
-        function_name="ApiFunction",
-        memory_limit_in_mb=1024,
-        aws_request_id=str(uuid.uuid4()),
-        deadline_ms=int(time.time() * 1000 + timeout_s * 1000),
     )
 
 
@@ -299,7 +286,7 @@ class Bench:
         self.stack = stack
         self.args = args
         self.loop = get_loop()
-        self.context = lambda_context()
+        self.context = lambda_context("ApiFunction")
         self.handler = asgi_handler(create_app())
         self.users = self._create_users()
         ids = sorted(self.users)
@@ -596,13 +583,6 @@ def raw_numbers(
 # --------------------------------------------------------------------------------------- main
 
 
-def import_paths() -> None:
-    """The API function's code and the layer, as Lambda lays them out (/var/task, /opt)."""
-    for path in (ROOT / "infra", ROOT / "shared", API_CODE_URI):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-
-
 def quiet_logs() -> None:
     """No INFO lines from the handler (Powertools reads this when it builds its Logger) nor
     from moto's server, so the table stays readable."""
@@ -654,7 +634,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    import_paths()
+    import_paths(API_CODE_URI)
     quiet_logs()
     captured = io.StringIO()  # the handler's JSON logs and EMF metrics
     try:

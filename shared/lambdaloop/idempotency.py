@@ -17,6 +17,10 @@ without running the work again.
   (:class:`~lambdaloop.errors.IdempotencyKeyReused`).
 - Work that raises removes its claim (a retry may run at once) and the error propagates.
   Work that is cancelled (the deadline) does not: its claim expires with that deadline.
+  Cancelling does not undo what the work already did, nor stop a blocking call already
+  running in a thread: work cut by the deadline after (or during) its side effect runs
+  again when the message comes back. Keep side effects short, near the end of the work,
+  and idempotent themselves where they can be (a conditional write, a request id).
 - If storing the result fails after the work succeeded, the outcome is still returned (and
   the failure logged): reporting a failure would get the message redelivered and the work
   run again once the claim expires, which is the very thing the guard is for.

@@ -1,0 +1,40 @@
+"""What the benchmark scripts share: paths, percentiles, a far-off Lambda context."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lambdaloop_local.context import LocalContext
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def import_paths(*extra: Path) -> None:
+    """The layer, the local emulator and ``extra`` (a function's code) importable, as
+    Lambda and ``make dev`` lay them out."""
+    for path in (ROOT / "infra", ROOT / "shared", *extra):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+
+
+def p90(values: Sequence[float]) -> float:
+    return statistics.quantiles(values, n=10, method="inclusive")[-1]
+
+
+def lambda_context(function_name: str, timeout_s: float = 3600.0) -> LocalContext:
+    """A context whose deadline is far beyond the run."""
+    from lambdaloop_local.context import LocalContext
+
+    return LocalContext(
+        function_name=function_name,
+        memory_limit_in_mb=1024,
+        aws_request_id=str(uuid.uuid4()),
+        deadline_ms=int(time.time() * 1000 + timeout_s * 1000),
+    )
