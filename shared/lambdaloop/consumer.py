@@ -161,11 +161,12 @@ class SqsProcessor:
             async with asyncio.timeout(timeout):
                 await countdown.done
         except TimeoutError:
-            unfinished = [task for task in tasks if not task.done()]
-            for task in unfinished:
-                task.cancel()
-            await asyncio.wait(unfinished, timeout=_REPORT_RESERVE_S / 2)
-            logger.warning("deadline: cancelled %d unfinished record chain(s)", len(unfinished))
+            # The last chains may have finished in the same turn as the timeout: none left.
+            if unfinished := [task for task in tasks if not task.done()]:
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.wait(unfinished, timeout=_REPORT_RESERVE_S / 2)
+                logger.warning("deadline: cancelled %d unfinished record chain(s)", len(unfinished))
 
     async def _run_chain(
         self,

@@ -17,6 +17,7 @@ from lambdaloop.errors import RetryLater
 from lambdaloop.idempotency import IdempotencyGuard
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline, get_loop, lambda_handler
+from lambdaloop.settings import get_runtime_settings
 from support import lambda_context
 
 T = TypeVar("T")
@@ -225,6 +226,24 @@ def test_records_running_at_the_deadline_are_cancelled_and_reported_with_the_uns
     assert failed(response) == ["slow1", "slow2", "later"]
     assert started == ["fast", "slow1", "slow2"]
     assert sorted(cancelled) == ["slow1", "slow2"]
+
+
+def test_records_finishing_in_the_turn_the_reserve_is_reached_all_succeed() -> None:
+    # Given a deadline already inside the report reserve (the wait for the records times out
+    # at once), and records that finish without awaiting anything
+    handler = Recorder()
+    processor = SqsProcessor({"ping": handler}, margin_s=0)
+
+    @lambda_handler
+    async def function(batch: dict[str, Any], context: Any) -> dict[str, Any]:
+        return await processor.process(batch)
+
+    margin = get_runtime_settings().deadline_margin_s
+    response = function(event(record("m1"), record("m2")), lambda_context(margin + 0.15))
+
+    # Then they are reported as the successes they are: nothing is left to cancel
+    assert failed(response) == []
+    assert sorted(context.message_id for _, context in handler.seen) == ["m1", "m2"]
 
 
 def test_no_record_starts_within_the_margin_of_the_deadline() -> None:
