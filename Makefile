@@ -77,6 +77,7 @@ bench: env
 	$(VENV)/bin/python bench/users.py
 	$(VENV)/bin/python bench/consumer.py
 	$(VENV)/bin/python bench/publisher.py
+	$(VENV)/bin/python bench/fetch.py
 
 # The layer's requirements are exported from the lock so the deployed layer and the local
 # environment run the same versions.
