@@ -163,13 +163,20 @@ class Policy:
     """Where outbound requests may go.
 
     ``allow_loopback`` (local mode only) lets 127.0.0.0/8 and ::1 through; ``ports`` are the
-    ports a URL and a connection may use; ``denied_networks`` are refused on top of every
+    ports a URL and a connection may use (``None``: any, for local mode, where receivers
+    listen on whatever port they got); ``denied_networks`` are refused on top of every
     non-public range (the VPC CIDR, the Redis endpoint...), even when loopback is allowed.
     """
 
     allow_loopback: bool = False
-    ports: frozenset[int] = _DEFAULT_PORTS
+    ports: frozenset[int] | None = _DEFAULT_PORTS
     denied_networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def for_user_urls(cls, local_mode: bool) -> Policy:
+        """The policy for URLs users choose (webhooks, fetch jobs): public addresses on 80
+        and 443; in local mode also loopback, on any port (local receivers and servers)."""
+        return cls(allow_loopback=True, ports=None) if local_mode else cls()
 
     def address_problem(self, ip: str | Address) -> str | None:
         """Why connecting to ``ip`` is refused, or None if it is a public address.
@@ -224,7 +231,7 @@ class Policy:
             return "URL has no host"
         if parsed.raw_user is not None or parsed.raw_password is not None:
             return "credentials in the URL are not allowed"
-        if port not in self.ports:
+        if self.ports is not None and port not in self.ports:
             return f"port {port} is not allowed"
         return self._host_problem(host)
 
@@ -245,7 +252,7 @@ class Policy:
 
     def _connect_problem(self, host: str, port: int) -> str | None:
         """Why a connection to ``host`` (a resolved, numeric address) and ``port`` is refused."""
-        if port not in self.ports:
+        if self.ports is not None and port not in self.ports:
             return f"port {port} is not allowed"
         return self.address_problem(host)
 

@@ -15,7 +15,10 @@ timestamp header, a dot and the raw body, compare in constant time, check the ti
 (:class:`Attempt`): 2xx is delivered; any other 4xx than 408 and 429 is refused for good
 (retrying the same request cannot help; so is a 3xx, as redirects are not followed: a
 webhook URL is configured, not discovered); 408, 429, 5xx, timeouts and connection errors
-are worth a retry (429's ``Retry-After`` is kept as the delay to wait).
+are worth a retry (429's ``Retry-After`` is kept as the delay to wait). Webhook URLs are
+chosen by users: post through a session whose connector is
+:func:`~lambdaloop.ssrf.guarded_connector`'s, and an address it refuses is a refusal for
+good (``blocked: ...``).
 """
 
 from __future__ import annotations
@@ -155,6 +158,8 @@ async def post(
     network's failures (they are the :class:`Attempt`'s verdict)."""
     import aiohttp
 
+    from lambdaloop.ssrf import Blocked
+
     timestamp = int(clock())
     request_headers = {
         "Content-Type": "application/json",
@@ -168,6 +173,8 @@ async def post(
             url, data=body, headers=request_headers, timeout=client_timeout, allow_redirects=False
         ) as response:
             return classify(response.status, response.headers, now=clock())
+    except Blocked as exc:  # the session's guarded connector refused the address
+        return Attempt(Verdict.REJECTED, None, f"blocked: {exc.reason}"[:300])
     except TimeoutError:
         return Attempt(Verdict.RETRY, None, "timeout")
     except aiohttp.InvalidURL as exc:

@@ -348,3 +348,21 @@ def test_when_the_queue_is_unreachable_the_client_gets_503_and_the_record_says_f
     assert response.status == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert (record["status"], record["error"]) == ("failed", "not queued")
+
+
+def test_a_webhook_at_an_unreachable_address_is_refused_when_it_is_set(api: InProcessApi) -> None:
+    tag = uuid.uuid4().hex[:10]
+    response = api.request(
+        "POST",
+        "/users",
+        json={
+            "name": "Mallory",
+            "email": f"m-{tag}@example.com",
+            "webhook_url": "https://169.254.169.254/latest/meta-data/",
+        },
+    )
+
+    assert response.status == 422
+    [error] = response.json["errors"]
+    assert error["field"] == "body.webhook_url"
+    assert "cannot be used for webhooks" in error["message"]

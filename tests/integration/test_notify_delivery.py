@@ -13,9 +13,11 @@ from aiohttp import web
 
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import DependencyError, RetryLater
+from lambdaloop.fetch import aclose_sessions, guarded_session
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline, get_loop
 from lambdaloop.secrets_manager import SecretsManager
+from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
 from notify.delivery import Deliverer
@@ -178,3 +180,31 @@ def test_the_last_attempt_comes_back_at_once_to_reach_the_dead_letter_queue(
     assert retry.value.delay_s == 0
     assert record is not None
     assert (record["status"], record["error"]) == ("failed", "gave up after 5 attempts: HTTP 429")
+
+
+def test_a_webhook_at_an_address_the_policy_refuses_fails_for_good_unsent(
+    local_stack: LocalStack, table: Table, receiver: Receiver
+) -> None:
+    # Given the deployed policy (public addresses only) and a webhook on loopback
+    deployed = Deliverer(
+        table,
+        SecretsManager(local_stack.aws_client("secretsmanager")),
+        lambda: guarded_session(Policy.for_user_urls(False)),
+        secret_id=secret_id(local_stack),
+        max_attempts=5,
+        timeout=aiohttp.ClientTimeout(total=2),
+    )
+    pending = notification(table, webhook_url=receiver.url)
+
+    try:
+        outcome = deliver(deployed, pending)
+    finally:
+        run(aclose_sessions())
+    record = run(table.get({"id": pending}))
+
+    # Then nothing reached the receiver, and the notification says why it failed
+    assert outcome["status"] == "failed"
+    assert receiver.requests == 0
+    assert record is not None
+    assert record["status"] == "failed"
+    assert record["error"].startswith("refused: blocked: ")

@@ -465,3 +465,15 @@ def test_importing_the_guard_imports_no_aiohttp() -> None:
     ).stdout.strip()
 
     assert found == "False False"
+
+
+def test_user_urls_are_public_on_80_and_443_but_local_mode_adds_loopback_on_any_port() -> None:
+    deployed, local = Policy.for_user_urls(False), Policy.for_user_urls(True)
+
+    assert deployed.url_problem("https://example.com/hook") is None
+    assert deployed.url_problem("http://127.0.0.1:8099/hook") is not None
+    assert deployed.url_problem("https://example.com:8443/hook") is not None
+    assert local.url_problem("http://127.0.0.1:8099/hook") is None
+    assert local.url_problem("https://example.com:8443/hook") is None
+    assert local.url_problem("http://169.254.169.254/latest/meta-data") is not None
+    assert local.url_problem("http://10.0.0.5:6379/") is not None

@@ -11,13 +11,14 @@ from typing import Any
 
 import aiohttp
 
-from lambdaloop.clients import http_session
 from lambdaloop.consumer import RetryPolicy, SqsProcessor
+from lambdaloop.fetch import guarded_session
 from lambdaloop.idempotency import IdempotencyGuard
 from lambdaloop.observability import get_logger, route_logs
 from lambdaloop.runtime import lambda_handler
 from lambdaloop.secrets_manager import SecretsManager
 from lambdaloop.settings import get_runtime_settings
+from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 from notify.delivery import Deliverer
 from notify.settings import NotifySettings, get_notify_settings
@@ -28,11 +29,12 @@ __all__ = ["DELIVER", "build_processor", "handler"]
 DELIVER = "notification.deliver"
 
 
-def build_processor(settings: NotifySettings) -> SqsProcessor:
+def build_processor(settings: NotifySettings, *, local_mode: bool = False) -> SqsProcessor:
+    policy = Policy.for_user_urls(local_mode)  # users choose webhook URLs
     deliverer = Deliverer(
         Table(settings.notifications_table, key_schema=("id",)),
         SecretsManager(),
-        http_session,
+        lambda: guarded_session(policy),
         secret_id=settings.signing_secret_id,
         max_attempts=settings.max_attempts,
         timeout=aiohttp.ClientTimeout(
@@ -52,8 +54,7 @@ def build_processor(settings: NotifySettings) -> SqsProcessor:
     )
 
 
-get_runtime_settings()
-_processor = build_processor(get_notify_settings())
+_processor = build_processor(get_notify_settings(), local_mode=get_runtime_settings().local_mode)
 route_logs("notify")
 
 
