@@ -1,0 +1,194 @@
+"""Job records in DynamoDB, shared by the API (which creates and shows jobs) and the
+consumers (which run them): one item per job, one item per result, in one partition.
+
+    JOB#<id>  META          the job: type, status, progress (done/total), params, error
+    JOB#<id>  R#<index>     the result of item ``index`` of the job (index zero-padded, so
+                            the results of a job list in order)
+
+A job is ``queued`` when created, ``running`` once a consumer took it, then ``succeeded``
+or ``failed`` (final). Progress is set, not added: one consumer runs a job at a time (the
+idempotency guard and the queue see to it) and it knows which results exist, so a
+redelivered part never counts a result twice. Results are written in batches
+(BatchWriteItem), never one request per result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from lambdaloop.errors import ConditionFailed, DependencyUnavailable
+from lambdaloop.store import BatchWriteResult, Item, Key, Page, utc_timestamp
+
+__all__ = ["FINAL", "STATUSES", "JobStore", "JobTable", "public"]
+
+STATUSES = ("queued", "running", "succeeded", "failed")
+FINAL = frozenset({"succeeded", "failed"})
+_META = "META"
+_RESULT = "R#"
+_INDEX_WIDTH = 6
+_PUBLIC = ("id", "type", "status", "created_at", "updated_at", "error")
+
+
+class JobTable(Protocol):
+    """What the store needs of :class:`~lambdaloop.store.Table` (key ``pk``, ``sk``)."""
+
+    async def get(self, key: Key, *, consistent: bool = False) -> Item | None: ...
+    async def create(self, item: Item) -> None: ...
+    async def update(
+        self,
+        key: Key,
+        changes: Mapping[str, Any],
+        *,
+        add: Mapping[str, int | float] | None = None,
+        must_exist: bool = True,
+        condition: str | None = None,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> Item: ...
+    async def query(
+        self,
+        key_condition: str,
+        *,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+        index: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        start_key: Key | None = None,
+        consistent: bool = False,
+    ) -> Page: ...
+    async def batch_write(
+        self, puts: Sequence[Item] = (), deletes: Sequence[Key] = ()
+    ) -> BatchWriteResult: ...
+
+
+def _pk(job_id: str) -> str:
+    return f"JOB#{job_id}"
+
+
+def _meta(job_id: str) -> Key:
+    return {"pk": _pk(job_id), "sk": _META}
+
+
+def _result_sk(index: int) -> str:
+    return f"{_RESULT}{index:0{_INDEX_WIDTH}d}"
+
+
+def public(meta: Item) -> dict[str, Any]:
+    """The job as the API shows it (without its params or keys)."""
+    job = {name: meta.get(name) for name in _PUBLIC}
+    job["progress"] = {"done": int(meta.get("done", 0)), "total": int(meta.get("total", 0))}
+    return job
+
+
+class JobStore:
+    def __init__(self, table: JobTable, *, retention_s: int = 30 * 86_400) -> None:
+        self.table = table
+        self._retention_s = retention_s
+
+    async def create(self, job_id: str, type_: str, params: Mapping[str, Any], total: int) -> Item:
+        """Write a new ``queued`` job (``ConditionFailed`` if the id is taken); the item."""
+        now = utc_timestamp()
+        item = {
+            **_meta(job_id),
+            "id": job_id,
+            "type": type_,
+            "status": "queued",
+            "params": dict(params),
+            "done": 0,
+            "total": total,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": int(time.time()) + self._retention_s,
+        }
+        await self.table.create(item)
+        return item
+
+    async def get(self, job_id: str, *, consistent: bool = False) -> Item | None:
+        """The job's META item (params included), or None."""
+        return await self.table.get(_meta(job_id), consistent=consistent)
+
+    async def start(self, job_id: str) -> Item:
+        """Mark the job running (again, for a later part); ``ConditionFailed`` when it is
+        missing or already final."""
+        return await self.table.update(
+            _meta(job_id),
+            {"status": "running", "updated_at": utc_timestamp()},
+            condition="#status IN (:queued, :running)",
+            names={"#status": "status"},
+            values={":queued": "queued", ":running": "running"},
+        )
+
+    async def save_results(
+        self, job_id: str, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
+    ) -> None:
+        """Store results (``(index, result)`` pairs, written again harmlessly on a retry)
+        and set the progress to ``done``."""
+        puts = [
+            {"pk": _pk(job_id), "sk": _result_sk(index), "index": index, **result}
+            for index, result in results
+        ]
+        if puts:
+            written = await self.table.batch_write(puts)
+            if not written.complete:
+                raise DependencyUnavailable(
+                    "dynamodb", f"{len(written.unprocessed_puts)} result(s) not written"
+                )
+        await self.table.update(
+            _meta(job_id),
+            {"done": done, "updated_at": utc_timestamp()},
+            condition="#status = :running",
+            names={"#status": "status"},
+            values={":running": "running"},
+        )
+
+    async def finish(self, job_id: str, status: str, error: str | None = None) -> None:
+        """Make the job final (``succeeded`` or ``failed``); a final job stays as it is."""
+        if status not in FINAL:
+            raise ValueError(f"status must be one of {sorted(FINAL)}, not {status!r}")
+        # Already final: a redelivered last part, or a job failed meanwhile; it stays.
+        with contextlib.suppress(ConditionFailed):
+            await self.table.update(
+                _meta(job_id),
+                {"status": status, "error": error, "updated_at": utc_timestamp()},
+                condition="NOT (#status IN (:succeeded, :failed))",
+                names={"#status": "status"},
+                values={":succeeded": "succeeded", ":failed": "failed"},
+            )
+
+    async def done_indexes(self, job_id: str) -> set[int]:
+        """The indexes of the results stored so far (every page, strongly consistent)."""
+        indexes: set[int] = set()
+        start: Key | None = None
+        while True:
+            page = await self._results(job_id, None, start, consistent=True)
+            indexes.update(int(item["index"]) for item in page.items)
+            if page.next_key is None:
+                return indexes
+            start = page.next_key
+
+    async def results(
+        self, job_id: str, limit: int, after: int | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to ``limit`` results in index order after index ``after``; and the index to
+        pass as ``after`` for the next page (None on the last page)."""
+        start = {"pk": _pk(job_id), "sk": _result_sk(after)} if after is not None else None
+        page = await self._results(job_id, limit, start)
+        items = [{k: v for k, v in item.items() if k not in ("pk", "sk")} for item in page.items]
+        more = page.next_key is not None and len(items) == limit
+        return items, (int(items[-1]["index"]) if more and items else None)
+
+    async def _results(
+        self, job_id: str, limit: int | None, start: Key | None, *, consistent: bool = False
+    ) -> Page:
+        return await self.table.query(
+            "#pk = :pk AND begins_with(#sk, :results)",
+            names={"#pk": "pk", "#sk": "sk"},
+            values={":pk": _pk(job_id), ":results": _RESULT},
+            limit=limit,
+            start_key=start,
+            consistent=consistent,
+        )
