@@ -158,6 +158,7 @@ class InProcessApi:
 def forget_environment() -> None:
     """Drop what the API and the layer read from the environment and built from it (settings,
     clients, the users service), so a test can point them at other endpoints."""
+    from api.jobs.dependencies import jobs_service_cache_clear
     from api.notifications.dependencies import notifications_service_cache_clear
     from api.settings import get_api_settings
     from api.system import health_probes
@@ -172,6 +173,7 @@ def forget_environment() -> None:
     health_probes.cache_clear()
     users_service_cache_clear()
     notifications_service_cache_clear()
+    jobs_service_cache_clear()
 
 
 def function_in_folder(

@@ -35,7 +35,14 @@ PSEUDO_PARAMETERS = frozenset(
 )
 # The environment each function's code reads (its settings fail fast without them).
 EXPECTED_ENVIRONMENT = {
-    "ApiFunction": {"USERS_TABLE", "NOTIFICATIONS_TABLE", "REDIS_URL", "NOTIFY_QUEUE_URL"},
+    "ApiFunction": {
+        "USERS_TABLE",
+        "NOTIFICATIONS_TABLE",
+        "REDIS_URL",
+        "NOTIFY_QUEUE_URL",
+        "JOBS_TABLE",
+        "JOBS_QUEUE_URL",
+    },
     "NotifyFunction": {
         "NOTIFICATIONS_TABLE",
         "IDEMPOTENCY_TABLE",
@@ -43,6 +50,7 @@ EXPECTED_ENVIRONMENT = {
         "WEBHOOK_SECRET_ID",
         "NOTIFY_MAX_ATTEMPTS",
     },
+    "JobsFunction": {"JOBS_TABLE", "JOBS_QUEUE_URL", "IDEMPOTENCY_TABLE", "JOBS_MAX_ATTEMPTS"},
 }
 POWERTOOLS_ENVIRONMENT = {
     "POWERTOOLS_SERVICE_NAME",
@@ -248,6 +256,8 @@ def test_function_environment_resolves_with_local_values(template: Template) -> 
             "UsersTable": "users",
             "NotificationsTable": "notifications",
             "NotifyQueue": "http://127.0.0.1:5000/q/notify",
+            "JobsTable": "jobs",
+            "JobsQueue": "http://127.0.0.1:5000/q/jobs",
         },
         attributes={"Cache.Endpoint.Address": "127.0.0.1", "Cache.Endpoint.Port": 6379},
         parameters=template.parameter_defaults(),

@@ -105,7 +105,8 @@ def test_dynamodb_unreachable_is_a_503(local_stack: LocalStack) -> None:
 
 
 def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStack) -> None:
-    # In this order they tell a story: create user 1, read, change and delete it.
+    # In this order they tell a story: create user 1, read, change and delete it; queue a
+    # fetch job, and ask for one that does not exist.
     expected = {
         "api-root.json": 200,
         "api-health.json": 200,
@@ -119,6 +120,8 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStac
         "users-delete.json": 204,
         "users-create.json": 201,
         "users-batch-create.json": 201,
+        "jobs-fetch-create.json": 202,
+        "jobs-get.json": 404,
     }
     http_events = {p.name for p in EVENTS.glob("*.json")} - {"notify-deliver.json"}
     assert set(expected) == http_events, "an event is not tested"

@@ -39,6 +39,8 @@ SETTINGS = ApiSettings.from_env(
         "USERS_TABLE": "users",
         "NOTIFICATIONS_TABLE": "notifications",
         "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
+        "JOBS_TABLE": "jobs",
+        "JOBS_QUEUE_URL": "http://sqs.local/jobs",
         "LAMBDALOOP_HEALTH_TIMEOUT_S": "0.2",
     }
 )
@@ -260,6 +262,8 @@ def test_the_openapi_document_lists_every_route() -> None:
         "/users/{user_id}/notify",
         "/users/{user_id}/notifications",
         "/notifications/{notification_id}",
+        "/jobs/fetch",
+        "/jobs/{job_id}",
     }
     assert set(paths["/users/{user_id}"]) == {"get", "put", "patch", "delete"}
     assert set(paths["/users/batch"]) == {"get", "post"}

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 import lambdaloop
 from api import system
+from api.jobs import routes as jobs_routes
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.notifications import routes as notifications_routes
 from api.problems import install_problem_handlers
@@ -27,6 +28,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     system.install(app.router)
     users_routes.install(app.router)
     notifications_routes.install(app.router)
+    jobs_routes.install(app.router)
     # Added last = outermost: the request context wraps everything, the body limit included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -18,6 +18,10 @@ class ApiSettings:
     notify_queue_url: str
     #: How long notification records are kept (the table's TTL removes them after).
     notification_retention_days: int
+    jobs_table: str
+    jobs_queue_url: str
+    #: How long job records and their results are kept (the table's TTL removes them after).
+    job_retention_days: int
     #: Each dependency check of GET /health gets this long, all of them at once.
     health_timeout_s: float
     max_body_bytes: int
@@ -37,6 +41,9 @@ class ApiSettings:
             notification_retention_days=env.integer(
                 "NOTIFICATION_RETENTION_DAYS", 30, minimum=1, maximum=3650
             ),
+            jobs_table=env.text("JOBS_TABLE"),
+            jobs_queue_url=env.url("JOBS_QUEUE_URL", ("https", "http")),
+            job_retention_days=env.integer("JOB_RETENTION_DAYS", 30, minimum=1, maximum=3650),
             health_timeout_s=env.number("LAMBDALOOP_HEALTH_TIMEOUT_S", 1.0, minimum=0.01),
             max_body_bytes=env.integer("LAMBDALOOP_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             cache_enabled=env.flag("LAMBDALOOP_CACHE_ENABLED", True),

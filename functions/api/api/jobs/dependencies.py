@@ -1,0 +1,35 @@
+"""The Jobs service of this execution environment, built on first use."""
+
+from __future__ import annotations
+
+import functools
+
+from api.jobs.service import JobsService
+from api.settings import get_api_settings
+from lambdaloop.jobs import JobStore
+from lambdaloop.queue import Publisher
+from lambdaloop.store import Table
+
+__all__ = ["get_jobs_service", "jobs_service", "jobs_service_cache_clear"]
+
+
+async def jobs_service() -> JobsService:
+    """FastAPI dependency."""
+    return get_jobs_service()
+
+
+@functools.cache
+def get_jobs_service() -> JobsService:
+    settings = get_api_settings()
+    return JobsService(
+        JobStore(
+            Table(settings.jobs_table, key_schema=("pk", "sk")),
+            retention_s=settings.job_retention_days * 86_400,
+        ),
+        Publisher(settings.jobs_queue_url),
+    )
+
+
+def jobs_service_cache_clear() -> None:
+    """Forget the service (tests that change the environment)."""
+    get_jobs_service.cache_clear()

@@ -1,0 +1,92 @@
+"""What the Jobs API accepts and returns.
+
+The jobs function (``functions/jobs``) reads a fetch job's params as written here:
+``{"urls": [...], "concurrency": n}``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from lambdaloop.fetch import MAX_CONCURRENCY
+from lambdaloop.settings import get_runtime_settings
+from lambdaloop.ssrf import Policy
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "MAX_URL",
+    "MAX_URLS",
+    "FetchRequest",
+    "Job",
+    "JobResults",
+    "Progress",
+    "Queued",
+    "Status",
+]
+
+MAX_URLS = 1000
+MAX_URL = 2048
+DEFAULT_CONCURRENCY = 10
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+
+Status = Literal["queued", "running", "succeeded", "failed"]
+
+
+def _fetch_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    # The jobs function's connector checks the address it connects to; refusing a URL that
+    # can never be fetched here tells the client at once.
+    if problem := Policy.for_user_urls(get_runtime_settings().local_mode).url_problem(value):
+        raise ValueError(f"cannot be fetched: {problem}")
+    return value
+
+
+FetchUrl = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_fetch_url)
+]
+
+
+class FetchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    urls: Annotated[list[FetchUrl], Field(min_length=1, max_length=MAX_URLS)]
+    #: Requests in flight at once while the job runs.
+    concurrency: Annotated[int, Field(strict=True, ge=1, le=MAX_CONCURRENCY)] = DEFAULT_CONCURRENCY
+
+
+class Queued(BaseModel):
+    job_id: str
+    status: Literal["queued"]
+
+
+class Progress(BaseModel):
+    #: Items with a result so far, of ``total``.
+    done: int
+    total: int
+
+
+class JobResults(BaseModel):
+    #: Results in item order (each has the ``index`` of its URL in the request).
+    results: list[dict[str, Any]]
+    #: Pass as ``cursor`` for the next page; null on the last page (so far).
+    next_cursor: str | None = Field(default=None)
+
+
+class Job(BaseModel):
+    id: str
+    type: str
+    status: Status
+    progress: Progress
+    #: Why the job failed (``not queued``, ...); null otherwise.
+    error: str | None = None
+    created_at: str
+    updated_at: str
+    result: JobResults

@@ -1,0 +1,1 @@
+"""The jobs function: runs fetch jobs (many URLs, fetched concurrently), in parts."""

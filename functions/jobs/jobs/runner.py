@@ -1,0 +1,303 @@
+"""Run one part of a fetch job: fetch the job's URLs not fetched yet, store each result,
+and either finish the job or hand the rest to the next part.
+
+A job is ``{"urls": [...], "concurrency": C}`` (see :class:`lambdaloop.jobs.JobStore`);
+its messages are ``job.fetch`` envelopes ``{"job_id", "part"}`` with the id
+``<job_id>.<part>`` (the idempotency key: a redelivered part whose run completed is
+replayed, not run again).
+
+- **Only what is left.** A part fetches the indexes that have no stored result
+  (:meth:`~lambdaloop.jobs.JobStore.done_indexes`), so a redelivered or continued part
+  never fetches a stored URL again.
+- **A URL repeated in a job is fetched once per part**: the unique URLs are streamed and
+  each result is stored for every index with that URL (a fetch has no side effect the
+  job could want twice, and the indexes then agree).
+- **Batched writes.** Results are buffered and stored (BatchWriteItem, progress set) every
+  ``flush_every`` results, when the oldest buffered one is ``flush_interval_s`` old, and at
+  the end of the part: never one write per URL.
+- **Parts.** No URL is started once the invocation has less than ``fetch_timeout_s`` +
+  ``part_margin_s`` left, except the first wave (``concurrency`` URLs), which every part
+  starts so that a job always progresses. The URLs in flight then finish; any still in
+  flight when only ``part_margin_s`` is left are cancelled (the next part fetches them).
+  What finished is stored and the next part is published: ``{"status": "continued"}``.
+- **Outcome.** Once every index has a result the job ``succeeded``: a URL's failure (404,
+  blocked address, timeout...) is that URL's result, not the job's. Any exception fails the
+  record (SQS redelivers it); on the queue's last attempt (``receive_count`` reaching
+  ``max_attempts``) the job is marked ``failed`` first. A job whose params are not a list
+  of URLs and a concurrency fails at once (retrying would not help).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from jobs.settings import JobsSettings
+from lambdaloop.consumer import RecordContext
+from lambdaloop.errors import ConditionFailed
+from lambdaloop.fetch import MAX_CONCURRENCY, Fetcher, FetchOptions, FetchResult
+from lambdaloop.jobs import FINAL, JobStore
+from lambdaloop.queue import Envelope
+from lambdaloop.runtime import Deadline
+from lambdaloop.ssrf import Policy
+
+__all__ = ["JOB_FETCH", "FetchJobRunner", "part_id"]
+
+logger = logging.getLogger(__name__)
+
+#: The envelope type of a job part (the API publishes part 0, each part the next one).
+JOB_FETCH = "job.fetch"
+
+T = TypeVar("T")
+
+
+class Continuations(Protocol):
+    """What the runner needs of :class:`lambdaloop.queue.Publisher`."""
+
+    async def publish(
+        self, type: str, payload: dict[str, Any], *, id: str | None = None
+    ) -> str: ...
+
+
+class InvalidJob(ValueError):
+    """The job's params cannot be run (they never will)."""
+
+
+def part_id(job_id: str, part: int) -> str:
+    """The envelope id (idempotency key) of a job's part."""
+    return f"{job_id}.{part}"
+
+
+class FetchJobRunner:
+    """The handler of ``job.fetch`` messages."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        continuations: Continuations,
+        settings: JobsSettings,
+        *,
+        policy: Policy,
+        fetcher: Fetcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._jobs = jobs
+        self._continuations = continuations
+        self._settings = settings
+        self._policy = policy
+        self._fetcher = fetcher or Fetcher()
+        self._clock = clock
+
+    async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
+        job_id, part = _message(envelope.payload)
+        try:
+            return await self.run_part(job_id, part, context.deadline)
+        except Exception as exc:
+            if context.receive_count >= self._settings.max_attempts:
+                await self._fail(
+                    job_id,
+                    f"gave up after {context.receive_count} attempts: {type(exc).__name__}",
+                )
+            raise
+
+    async def run_part(self, job_id: str, part: int, deadline: Deadline) -> dict[str, Any]:
+        """Run part ``part`` of the job until it is done or ``deadline`` is near."""
+        job = await self._jobs.get(job_id, consistent=True)
+        if job is None:
+            logger.warning("job %s: no record (expired?); part %d dropped", job_id, part)
+            return {"status": "missing"}
+        if job["status"] in FINAL:
+            return {"status": job["status"]}
+        try:
+            urls, concurrency = _params(job.get("params"))
+        except InvalidJob as exc:
+            await self._fail(job_id, f"invalid job: {exc}")
+            return {"status": "failed", "error": f"invalid job: {exc}"}
+        try:
+            await self._jobs.start(job_id)
+        except ConditionFailed:  # made final meanwhile, or gone
+            latest = await self._jobs.get(job_id, consistent=True)
+            return {"status": "missing" if latest is None else latest["status"]}
+        done = await self._jobs.done_indexes(job_id)
+        todo: dict[str, list[int]] = {}  # URL -> its indexes without a result (in order)
+        for index, url in enumerate(urls):
+            if index not in done:
+                todo.setdefault(url, []).append(index)
+        if todo:
+            await self._fetch(job_id, todo, done, concurrency, deadline)
+        if todo:  # stopped for the deadline: the next part fetches the rest
+            next_part = part + 1
+            await self._continuations.publish(
+                JOB_FETCH, {"job_id": job_id, "part": next_part}, id=part_id(job_id, next_part)
+            )
+            logger.info(
+                "job %s: part %d stored %d of %d; part %d continues",
+                job_id,
+                part,
+                len(done),
+                len(urls),
+                next_part,
+            )
+            return {"status": "continued", "done": len(done)}
+        await self._jobs.finish(job_id, "succeeded")
+        return {"status": "succeeded", "done": len(done)}
+
+    async def _fetch(
+        self,
+        job_id: str,
+        todo: dict[str, list[int]],
+        done: set[int],
+        concurrency: int,
+        deadline: Deadline,
+    ) -> None:
+        """Fetch the URLs of ``todo`` (removing each as its result is stored in ``done``)."""
+        settings = self._settings
+        options = FetchOptions(
+            concurrency=concurrency,
+            connect_timeout_s=settings.fetch_connect_timeout_s,
+            total_timeout_s=settings.fetch_timeout_s,
+            max_body_bytes=settings.fetch_max_body_bytes,
+            max_attempts=settings.fetch_max_attempts,
+            policy=self._policy,
+        )
+        part = _Part(
+            self._jobs,
+            job_id,
+            todo=todo,
+            done=done,
+            settings=settings,
+            deadline=deadline,
+            clock=self._clock,
+        )
+        stream = self._fetcher.stream(part.urls(concurrency, options.total_timeout_s), options)
+        async with contextlib.aclosing(stream) as results:
+            step: asyncio.Task[Any] | None = None
+            try:
+                while True:
+                    if step is None:
+                        step = asyncio.ensure_future(_next(results))
+                    finished, _ = await asyncio.wait({step}, timeout=part.wait_s())
+                    if not finished:
+                        if part.out_of_time():
+                            logger.warning("job %s: deadline near, cancelling the fetches", job_id)
+                            break
+                        await part.flush()  # the interval passed while waiting for a result
+                        continue
+                    result = step.result()
+                    step = None
+                    if result is None:
+                        break
+                    await part.take(result)
+            finally:
+                if step is not None and not step.done():
+                    # Cancels the generator's fetches; it has finished once this returns.
+                    step.cancel()
+                    await asyncio.wait({step})
+        await part.flush()
+
+    async def _fail(self, job_id: str, reason: str) -> None:
+        try:
+            await self._jobs.finish(job_id, "failed", reason[:500])
+        except Exception:
+            # The record fails anyway; the job's error matters more than this one.
+            logger.exception("job %s: could not mark it failed (%s)", job_id, reason)
+        else:
+            logger.warning("job %s failed: %s", job_id, reason)
+
+
+class _Part:
+    """The state of one part's fetching: what is left, what is buffered, when to stop."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        job_id: str,
+        *,
+        todo: dict[str, list[int]],
+        done: set[int],
+        settings: JobsSettings,
+        deadline: Deadline,
+        clock: Callable[[], float],
+    ) -> None:
+        self._jobs = jobs
+        self._job_id = job_id
+        self._todo = todo
+        self._done = done
+        self._settings = settings
+        self._deadline = deadline
+        self._clock = clock
+        self._buffer: list[tuple[int, dict[str, Any]]] = []
+        self._oldest = 0.0  # when the oldest buffered result arrived
+
+    def urls(self, concurrency: int, fetch_timeout_s: float) -> Iterator[str]:
+        """The URLs to start; the stream pulls the next as a slot frees, so ending early is
+        "start no more" (the first wave always starts: every part progresses)."""
+        urls = list(self._todo)
+        no_start = fetch_timeout_s + self._settings.part_margin_s
+        for started, url in enumerate(urls):
+            if started >= concurrency and self._deadline.remaining() < no_start:
+                logger.info(
+                    "job %s: deadline near, %d URL(s) left", self._job_id, len(urls) - started
+                )
+                return
+            yield url
+
+    def out_of_time(self) -> bool:
+        return self._deadline.remaining() <= self._settings.part_margin_s
+
+    def wait_s(self) -> float | None:
+        """How long to wait for the next result before flushing or stopping."""
+        wait = self._deadline.remaining() - self._settings.part_margin_s
+        if self._buffer:
+            wait = min(wait, self._oldest + self._settings.flush_interval_s - self._clock())
+        return None if math.isinf(wait) else max(0.0, wait)
+
+    async def take(self, result: FetchResult) -> None:
+        """Buffer the result for every index of its URL; flush when it is time."""
+        now = self._clock()
+        if not self._buffer:
+            self._oldest = now
+        stored = result.to_dict()
+        self._buffer.extend((index, stored) for index in self._todo.pop(result.url, ()))
+        if (
+            len(self._buffer) >= self._settings.flush_every
+            or now - self._oldest >= self._settings.flush_interval_s
+        ):
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        indexes = {index for index, _ in self._buffer}
+        await self._jobs.save_results(self._job_id, self._buffer, done=len(self._done | indexes))
+        self._done.update(indexes)
+        self._buffer.clear()
+
+
+async def _next(iterator: AsyncIterator[T]) -> T | None:
+    return await anext(iterator, None)
+
+
+def _message(payload: dict[str, Any]) -> tuple[str, int]:
+    job_id, part = payload.get("job_id"), payload.get("part")
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"payload.job_id: expected a non-empty string, got {job_id!r:.40}")
+    if type(part) is not int or part < 0:
+        raise ValueError(f"payload.part: expected an integer >= 0, got {part!r:.40}")
+    return job_id, part
+
+
+def _params(params: object) -> tuple[list[str], int]:
+    if not isinstance(params, dict):
+        raise InvalidJob("params: expected an object")
+    urls, concurrency = params.get("urls"), params.get("concurrency")
+    if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+        raise InvalidJob("params.urls: expected a list of strings")
+    if type(concurrency) is not int or not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise InvalidJob(f"params.concurrency: expected an integer from 1 to {MAX_CONCURRENCY}")
+    return urls, concurrency

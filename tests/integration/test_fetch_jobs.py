@@ -1,0 +1,461 @@
+"""Fetch jobs: the jobs function end to end on the local stack (real worker processes fed by
+the emulator's SQS event source, results in moto's jobs table) against a real loopback HTTP
+server that counts every request; and a part's runner in this process for the cases the end
+to end run does not reach (redelivery, batching, the deadline's hard stop, last attempt)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp import web
+
+from jobs.runner import JOB_FETCH, FetchJobRunner
+from jobs.settings import JobsSettings
+from lambdaloop.consumer import RecordContext
+from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
+from lambdaloop.jobs import JobStore
+from lambdaloop.queue import Envelope, Publisher
+from lambdaloop.runtime import Deadline, get_loop
+from lambdaloop.ssrf import Policy
+from lambdaloop.store import Table
+from lambdaloop_local.stack import LocalStack, StackConfig
+from support import LoopbackHttpServer
+
+T = TypeVar("T")
+
+#: No URL is started past the first wave once 5 + 115 s are not left, which the 120 s
+#: function never has: each part fetches `concurrency` URLs, then continues in the next. The
+#: hard stop (115 s left) leaves 4.5 s for a wave of loopback requests.
+JOBS_ENV = {
+    "FETCH_TIMEOUT_S": "5",
+    "FETCH_CONNECT_TIMEOUT_S": "1",
+    "FETCH_MAX_ATTEMPTS": "1",
+    "JOBS_PART_MARGIN_S": "115",
+}
+BLOCKED = "http://169.254.169.254/latest/meta-data/"
+
+
+def run(work: Awaitable[T]) -> T:
+    async def wrapped() -> T:
+        return await work
+
+    return get_loop().run_until_complete(wrapped())
+
+
+def body(name: str) -> bytes:
+    return f"the body of {name}\n".encode() * 50
+
+
+def sha256(name: str) -> str:
+    return hashlib.sha256(body(name)).hexdigest()
+
+
+class Site:
+    """``/body/{name}`` answers a known body, ``/missing`` 404, ``/hang`` never (until the
+    server closes); ``hits`` counts the requests per path."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.server = LoopbackHttpServer(self._routes)
+
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/body/{name}", self._body)
+        router.add_get("/missing", self._missing)
+        router.add_get("/hang", self._hang)
+
+    async def _body(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        return web.Response(body=body(request.match_info["name"]), content_type="text/plain")
+
+    async def _missing(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        return web.Response(status=404, text="no")
+
+    async def _hang(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        await self.server.closing.wait()
+        return web.Response(status=503)
+
+    def __enter__(self) -> Site:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+
+    def url(self, path: str) -> str:
+        return f"{self.server.url}{path}"
+
+
+def job_store(stack: LocalStack) -> JobStore:
+    return JobStore(Table(stack.resources.refs["JobsTable"], client=stack.aws_client("dynamodb")))
+
+
+def create_job(store: JobStore, urls: list[str], concurrency: int) -> str:
+    job_id = uuid.uuid4().hex
+    run(store.create(job_id, "fetch", {"urls": urls, "concurrency": concurrency}, len(urls)))
+    return job_id
+
+
+def all_results(store: JobStore, job_id: str) -> dict[int, dict[str, Any]]:
+    items, _ = run(store.results(job_id, 1000))
+    return {int(item["index"]): item for item in items}
+
+
+# ------------------------------------------------------------------ on the local stack
+
+
+@pytest.fixture(scope="module")
+def stack(session_stack: LocalStack) -> LocalStack:
+    """The session's services, with the jobs function's test settings."""
+    attached = LocalStack(
+        StackConfig(
+            aws_endpoint=session_stack.aws_endpoint,
+            redis_url=session_stack.redis_url,
+            env_vars={"JobsFunction": JOBS_ENV},
+        )
+    )
+    attached.start()
+    return attached
+
+
+def run_jobs_function(stack: LocalStack, done: Callable[[], bool]) -> None:
+    """Run the template's SQS event source of the jobs function until ``done()``."""
+
+    async def consume() -> None:
+        [source] = [
+            s
+            for s in stack.sqs_event_sources()
+            if s.config.queue_url == stack.resources.refs["JobsQueue"]
+        ]
+        stop = asyncio.Event()
+        poller = asyncio.create_task(source.run(stop))
+        try:
+            for _ in range(1200):  # bounded: about a minute
+                if await asyncio.to_thread(done):
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("the jobs did not all reach a final status")
+        finally:
+            stop.set()
+            await asyncio.wait_for(poller, 30)
+            await stack.aclose_functions()
+
+    asyncio.run(consume())
+
+
+def part_record(stack: LocalStack, job_id: str, part: int) -> dict[str, Any] | None:
+    """The idempotency record of a part (what its completed run returned), if any."""
+    item = (
+        stack.aws_client("dynamodb")
+        .get_item(
+            TableName=stack.resources.refs["IdempotencyTable"],
+            Key={"id": {"S": f"{job_id}.{part}"}},
+            ConsistentRead=True,
+        )
+        .get("Item")
+    )
+    if item is None:
+        return None
+    return {
+        "status": item["status"]["S"],
+        "result": json.loads(item.get("result", {}).get("S", "null")),
+    }
+
+
+@dataclass
+class World:
+    site: Site
+    store: JobStore
+    mixed: str
+    split: str
+    metas: dict[str, dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def world(stack: LocalStack) -> Iterator[World]:
+    stack.create_resources()
+    store = job_store(stack)
+    publisher = Publisher(stack.resources.refs["JobsQueue"], client=stack.aws_client("sqs"))
+    with Site() as site:
+        mixed = create_job(
+            store,
+            [
+                site.url("/body/a"),
+                site.url("/missing"),
+                BLOCKED,
+                site.url("/body/b"),
+                site.url("/body/a"),
+                "ftp://example.com/file",
+            ],
+            concurrency=10,
+        )
+        split = create_job(
+            store, [site.url(f"/body/{n}") for n in range(5)] + [site.url("/body/0")], 2
+        )
+        for job_id in (mixed, split):
+            run(publisher.publish(JOB_FETCH, {"job_id": job_id, "part": 0}, id=f"{job_id}.0"))
+
+        def metas() -> dict[str, dict[str, Any]]:
+            found = {job_id: run(store.get(job_id, consistent=True)) for job_id in (mixed, split)}
+            return {job_id: meta for job_id, meta in found.items() if meta is not None}
+
+        run_jobs_function(
+            stack,
+            lambda: all(m["status"] in ("succeeded", "failed") for m in metas().values()),
+        )
+        yield World(site, store, mixed, split, metas())
+
+
+def test_every_url_of_a_job_has_its_result_and_the_job_succeeded(world: World) -> None:
+    meta = world.metas[world.mixed]
+    results = all_results(world.store, world.mixed)
+
+    assert (meta["status"], meta["done"], meta["total"], meta.get("error")) == (
+        "succeeded",
+        6,
+        6,
+        None,
+    )
+    assert sorted(results) == [0, 1, 2, 3, 4, 5]
+    ok = results[0]
+    assert (ok["status"], ok["sha256"], ok["bytes"], ok["error"]) == (
+        200,
+        sha256("a"),
+        len(body("a")),
+        None,
+    )
+    assert ok["content_type"].startswith("text/plain")
+    assert results[3]["sha256"] == sha256("b")
+    assert (results[1]["status"], results[1]["error"]["code"]) == (404, "http_status")
+    assert (results[2]["status"], results[2]["error"]["code"]) == (None, "blocked")
+    assert results[2]["attempts"] == 0
+    assert results[5]["error"]["code"] == "invalid_url"
+
+
+def test_a_url_repeated_in_a_job_is_fetched_once_and_stored_at_both_indexes(
+    world: World,
+) -> None:
+    results = all_results(world.store, world.mixed)
+
+    assert world.site.hits["/body/a"] == 1
+    assert results[4]["url"] == results[0]["url"]
+    assert {k: v for k, v in results[4].items() if k != "index"} == {
+        k: v for k, v in results[0].items() if k != "index"
+    }
+
+
+def test_a_job_split_by_the_deadline_continues_part_after_part_fetching_each_url_once(
+    world: World, stack: LocalStack
+) -> None:
+    meta = world.metas[world.split]
+    results = all_results(world.store, world.split)
+    parts = [part_record(stack, world.split, n) for n in range(4)]
+
+    assert (meta["status"], meta["done"], meta["total"]) == ("succeeded", 6, 6)
+    assert [results[n]["sha256"] for n in range(6)] == [sha256(str(n)) for n in (0, 1, 2, 3, 4, 0)]
+    assert [world.site.hits[f"/body/{n}"] for n in range(5)] == [1, 1, 1, 1, 1]
+    # Two URLs (concurrency 2) per part, the duplicate index with its URL
+    assert [p["result"] if p else None for p in parts] == [
+        {"status": "continued", "done": 3},
+        {"status": "continued", "done": 5},
+        {"status": "succeeded", "done": 6},
+        None,
+    ]
+
+
+# ------------------------------------------------------------------ in this process
+
+
+class Recorder:
+    """The continuations published (instead of the queue)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any], str | None]] = []
+
+    async def publish(self, type: str, payload: dict[str, Any], *, id: str | None = None) -> str:
+        self.published.append((type, payload, id))
+        return id or ""
+
+
+class CountingStore(JobStore):
+    """Records every save_results call: its size, the progress set, and when."""
+
+    calls: list[tuple[int, int, float]]
+
+    async def save_results(
+        self, job_id: str, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
+    ) -> None:
+        batch = list(results)
+        self.calls.append((len(batch), done, time.monotonic()))
+        await super().save_results(job_id, batch, done)
+
+
+def settings(**overrides: Any) -> JobsSettings:
+    values: dict[str, Any] = {
+        "jobs_table": "unused",
+        "idempotency_table": "unused",
+        "queue_url": "http://unused",
+        "max_attempts": 5,
+        "part_margin_s": 5.0,
+        "flush_every": 50,
+        "flush_interval_s": 1.0,
+        "fetch_connect_timeout_s": 1.0,
+        "fetch_timeout_s": 5.0,
+        "fetch_max_body_bytes": 1024 * 1024,
+        "fetch_max_attempts": 1,
+        "idempotency_expires_s": 3600,
+    }
+    return JobsSettings(**(values | overrides))
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    with Site() as server:
+        yield server
+    run(aclose_sessions())
+
+
+@pytest.fixture
+def store(local_stack: LocalStack) -> CountingStore:
+    counting = CountingStore(
+        Table(local_stack.resources.refs["JobsTable"], client=local_stack.aws_client("dynamodb"))
+    )
+    counting.calls = []
+    return counting
+
+
+def runner(store: JobStore, recorder: Recorder, **overrides: Any) -> FetchJobRunner:
+    return FetchJobRunner(store, recorder, settings(**overrides), policy=Policy.for_user_urls(True))
+
+
+def test_a_redelivered_part_fetches_only_the_urls_not_stored_yet(
+    site: Site, store: CountingStore
+) -> None:
+    recorder = Recorder()
+    job_id = create_job(store, [site.url(f"/body/r{n}") for n in range(4)], concurrency=2)
+    part = runner(store, recorder, part_margin_s=100.0)
+    # The gate is shut at once (104 s < 5 + 100 s left): one wave per run.
+
+    first = run(part.run_part(job_id, 0, Deadline.after(104)))
+    hits_after_first = dict(site.hits)
+    again = run(part.run_part(job_id, 0, Deadline.after(104)))  # the same part, redelivered
+    final = run(part.run_part(job_id, 0, Deadline.after(104)))
+
+    assert first == {"status": "continued", "done": 2}
+    assert hits_after_first == {"/body/r0": 1, "/body/r1": 1}
+    assert recorder.published == [(JOB_FETCH, {"job_id": job_id, "part": 1}, f"{job_id}.1")]
+    assert again == {"status": "succeeded", "done": 4}
+    assert final == {"status": "succeeded"}
+    assert site.hits == {f"/body/r{n}": 1 for n in range(4)}
+    assert [r["sha256"] for r in all_results(store, job_id).values()] == [
+        sha256(f"r{n}") for n in range(4)
+    ]
+
+
+def test_results_are_stored_in_batches_not_one_write_per_url(
+    site: Site, store: CountingStore
+) -> None:
+    job_id = create_job(store, [site.url(f"/body/n{n}") for n in range(120)], concurrency=20)
+
+    outcome = run(
+        runner(store, Recorder(), flush_interval_s=900.0).run_part(job_id, 0, Deadline.never())
+    )
+    meta = run(store.get(job_id, consistent=True))
+
+    assert outcome == {"status": "succeeded", "done": 120}
+    assert [(size, done) for size, done, _ in store.calls] == [(50, 50), (50, 100), (20, 120)]
+    assert meta is not None
+    assert (meta["status"], meta["done"]) == ("succeeded", 120)
+    assert len(all_results(store, job_id)) == 120
+    assert sum(site.hits.values()) == 120
+
+
+def test_a_hanging_url_is_cancelled_at_the_hard_stop_after_the_rest_was_flushed(
+    site: Site, store: CountingStore
+) -> None:
+    recorder = Recorder()
+    job_id = create_job(store, [site.url("/body/h"), site.url("/hang")], concurrency=2)
+    part = runner(store, recorder, part_margin_s=100.0, flush_interval_s=0.1)
+
+    outcome = run(part.run_part(job_id, 3, Deadline.after(101.5)))
+    ended = time.monotonic()
+    meta = run(store.get(job_id, consistent=True))
+
+    assert outcome == {"status": "continued", "done": 1}
+    # The interval flushed the finished URL while /hang was still awaited
+    [(size, done, at)] = store.calls
+    assert (size, done) == (1, 1)
+    assert ended - at > 0.5
+    assert site.hits == {"/body/h": 1, "/hang": 1}
+    assert list(all_results(store, job_id)) == [0]
+    assert recorder.published == [(JOB_FETCH, {"job_id": job_id, "part": 4}, f"{job_id}.4")]
+    assert meta is not None
+    assert (meta["status"], meta["done"]) == ("running", 1)
+
+
+class BrokenFetcher(Fetcher):
+    async def stream(
+        self, urls: Iterable[str], options: FetchOptions | None = None
+    ) -> AsyncGenerator[FetchResult, None]:
+        raise RuntimeError("boom")
+        yield  # pragma: no cover - makes this an async generator
+
+
+def deliver(target: FetchJobRunner, job_id: str, receive_count: int) -> Any:
+    envelope = Envelope(JOB_FETCH, f"{job_id}.0", {"job_id": job_id, "part": 0})
+    return run(target(envelope, RecordContext("m", receive_count, {}, Deadline.never())))
+
+
+def test_an_error_fails_the_record_and_on_the_last_attempt_the_job_too(
+    store: CountingStore,
+) -> None:
+    job_id = create_job(store, ["http://127.0.0.1:9/x"], concurrency=1)
+    broken = FetchJobRunner(
+        store, Recorder(), settings(), policy=Policy.for_user_urls(True), fetcher=BrokenFetcher()
+    )
+
+    with pytest.raises(RuntimeError):
+        deliver(broken, job_id, receive_count=4)
+    before_last = run(store.get(job_id, consistent=True))
+    with pytest.raises(RuntimeError):
+        deliver(broken, job_id, receive_count=5)
+    after_last = run(store.get(job_id, consistent=True))
+
+    assert before_last is not None
+    assert after_last is not None
+    assert before_last["status"] == "running"
+    assert (after_last["status"], after_last["error"]) == (
+        "failed",
+        "gave up after 5 attempts: RuntimeError",
+    )
+    assert deliver(broken, job_id, receive_count=1) == {"status": "failed"}
+
+
+def test_a_missing_job_is_dropped_and_a_job_with_bad_params_fails_at_once(
+    store: CountingStore,
+) -> None:
+    bad = uuid.uuid4().hex
+    run(store.create(bad, "fetch", {"urls": "http://x", "concurrency": 1}, 1))
+    part = runner(store, Recorder())
+
+    missing = run(part.run_part("no-such-job", 0, Deadline.never()))
+    invalid = run(part.run_part(bad, 0, Deadline.never()))
+    meta = run(store.get(bad, consistent=True))
+
+    assert missing == {"status": "missing"}
+    assert invalid["status"] == "failed"
+    assert meta is not None
+    assert (meta["status"], meta["error"]) == (
+        "failed",
+        "invalid job: params.urls: expected a list of strings",
+    )

@@ -1,0 +1,250 @@
+"""The Jobs API on the local stack: the API function in this process creates fetch jobs in the
+JobsTable and publishes their first part on the JobsQueue (read back here, as the jobs
+function would receive it); results written as the jobs function writes them are paged."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from api.app import create_app
+from lambdaloop.asgi import asgi_handler
+from lambdaloop.jobs import JobStore
+from lambdaloop.queue import Envelope
+from lambdaloop.runtime import get_loop
+from lambdaloop.store import Table
+from lambdaloop_local.stack import LocalStack
+from support import ApiResponse, InProcessApi, forget_environment
+
+T = TypeVar("T")
+URLS = ["https://example.com/", "https://example.org/a?b=c", "http://example.net/"]
+
+
+def run(work: Awaitable[T]) -> T:
+    async def wrapped() -> T:
+        return await work
+
+    return get_loop().run_until_complete(wrapped())
+
+
+@pytest.fixture(scope="module")
+def api(session_stack: LocalStack) -> Iterator[InProcessApi]:
+    session_stack.create_resources()
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in session_stack.function_environment("ApiFunction").items():
+            env.setenv(name, value)
+        env.setenv("LAMBDALOOP_REDIS_TIMEOUT_S", "1.0")
+        forget_environment()
+        yield InProcessApi(asgi_handler(create_app()))
+        forget_environment()
+
+
+@pytest.fixture
+def store(local_stack: LocalStack) -> JobStore:
+    table = Table(
+        local_stack.resources.refs["JobsTable"], client=local_stack.aws_client("dynamodb")
+    )
+    return JobStore(table)
+
+
+def create_job(api: InProcessApi, body: dict[str, Any], **kwargs: Any) -> ApiResponse:
+    return api.request("POST", "/jobs/fetch", json=body, **kwargs)
+
+
+def take_message(stack: LocalStack, envelope_id: str) -> dict[str, Any]:
+    """The JobsQueue message with this envelope id (deleted once read); others are left."""
+    sqs = stack.aws_client("sqs")
+    url = stack.resources.refs["JobsQueue"]
+    for _ in range(10):  # a receive samples the queue: a few, to see every message
+        messages = sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=0,
+            WaitTimeSeconds=0,
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        for message in messages:
+            if json.loads(message["Body"]).get("id") == envelope_id:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                found: dict[str, Any] = message
+                return found
+    raise AssertionError(f"no message {envelope_id} on the JobsQueue")
+
+
+def assert_problem(response: ApiResponse, status: int, field: str) -> None:
+    assert response.status == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    fields = {e["field"] for e in response.json.get("errors", [])} | {response.json.get("field")}
+    assert field in fields, response.json
+
+
+def test_a_fetch_job_is_created_queued_and_its_first_part_published(
+    api: InProcessApi, local_stack: LocalStack
+) -> None:
+    correlation_id = f"corr-{uuid.uuid4().hex[:8]}"
+
+    created = create_job(
+        api, {"urls": URLS, "concurrency": 3}, headers={"x-correlation-id": correlation_id}
+    )
+    job_id = created.json["job_id"]
+    message = take_message(local_stack, f"{job_id}.0")
+    job = api.request("GET", created.headers["location"])
+
+    assert created.status == 202, created.text
+    assert created.json == {"job_id": job_id, "status": "queued"}
+    assert created.headers["location"] == f"/jobs/{job_id}"
+    assert re.fullmatch(r"[0-9a-f]{32}", job_id)
+    assert Envelope.from_json(message["Body"]) == Envelope(
+        type="job.fetch", id=f"{job_id}.0", payload={"job_id": job_id, "part": 0}
+    )
+    assert message["MessageAttributes"]["correlation_id"]["StringValue"] == correlation_id
+    assert job.status == 200, job.text
+    assert job.json == {
+        "id": job_id,
+        "type": "fetch",
+        "status": "queued",
+        "progress": {"done": 0, "total": 3},
+        "error": None,
+        "created_at": job.json["created_at"],
+        "updated_at": job.json["created_at"],
+        "result": {"results": [], "next_cursor": None},
+    }
+
+
+def test_the_job_keeps_the_urls_and_the_default_concurrency(
+    api: InProcessApi, local_stack: LocalStack, store: JobStore
+) -> None:
+    created = create_job(api, {"urls": URLS[:1]})
+    job_id = created.json["job_id"]
+    take_message(local_stack, f"{job_id}.0")
+
+    meta = run(store.get(job_id, consistent=True))
+
+    assert created.status == 202, created.text
+    assert meta is not None
+    assert meta["params"] == {"urls": URLS[:1], "concurrency": 10}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param(
+            {"urls": ["https://example.com/", "ftp://example.com/f"]}, "body.urls.1", id="ftp"
+        ),
+        pytest.param({"urls": ["example.com/page"]}, "body.urls.0", id="relative"),
+        pytest.param(
+            {"urls": [f"https://example.com/{n}" for n in range(1001)]}, "body.urls", id="1001-urls"
+        ),
+        pytest.param({"urls": []}, "body.urls", id="no-urls"),
+        pytest.param({"urls": URLS, "concurrency": 0}, "body.concurrency", id="concurrency-0"),
+        pytest.param({"urls": URLS, "concurrency": 201}, "body.concurrency", id="concurrency-201"),
+        pytest.param({"urls": URLS, "concurrency": "5"}, "body.concurrency", id="concurrency-str"),
+        pytest.param({"urls": ["https://example.com/" + "a" * 2048]}, "body.urls.0", id="long-url"),
+        pytest.param({"urls": URLS, "extra": 1}, "body.extra", id="extra-field"),
+        pytest.param({}, "body.urls", id="no-body-fields"),
+    ],
+)
+def test_bad_input_is_a_problem_naming_the_field(
+    api: InProcessApi, body: dict[str, Any], field: str
+) -> None:
+    assert_problem(create_job(api, body), 422, field)
+
+
+def test_a_url_at_the_metadata_service_is_refused_with_the_reason(api: InProcessApi) -> None:
+    urls = ["https://example.com/", "https://example.org/", "https://example.net/"]
+
+    response = create_job(api, {"urls": [*urls, "http://169.254.169.254/latest/meta-data/"]})
+
+    assert_problem(response, 422, "body.urls.3")
+    [error] = response.json["errors"]
+    assert "link-local" in error["message"]
+
+
+def test_an_unknown_job_is_not_found(api: InProcessApi) -> None:
+    response = api.request("GET", f"/jobs/{uuid.uuid4().hex}")
+
+    assert response.status == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_results_are_paged_in_index_order_following_next_cursor(
+    api: InProcessApi, local_stack: LocalStack, store: JobStore
+) -> None:
+    urls = [f"https://example.com/{n}" for n in range(5)]
+    job_id = create_job(api, {"urls": urls}).json["job_id"]
+    take_message(local_stack, f"{job_id}.0")
+    # As the jobs function would: take the job, then store results in batches.
+    run(store.start(job_id))
+    run(store.save_results(job_id, [(n, {"url": urls[n], "status": 200}) for n in (3, 0, 1)], 3))
+    run(store.save_results(job_id, [(n, {"url": urls[n], "status": 404}) for n in (4, 2)], 5))
+
+    pages: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(10):
+        query = "limit=2" + (f"&cursor={cursor}" if cursor else "")
+        response = api.request("GET", f"/jobs/{job_id}", query=query)
+        assert response.status == 200, response.text
+        pages.append(response.json)
+        cursor = response.json["result"]["next_cursor"]
+        if cursor is None:
+            break
+
+    assert [len(page["result"]["results"]) for page in pages] == [2, 2, 1]
+    results = [result for page in pages for result in page["result"]["results"]]
+    assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
+    assert [r["url"] for r in results] == urls
+    assert results[2]["status"] == 404
+    assert pages[-1]["status"] == "running"
+    assert pages[-1]["progress"] == {"done": 5, "total": 5}
+
+
+@pytest.mark.parametrize("cursor", ["abc", "-1", "1.5", "9" * 20])
+def test_a_bad_cursor_is_a_bad_request(api: InProcessApi, cursor: str) -> None:
+    response = api.request("GET", f"/jobs/{uuid.uuid4().hex}", query=f"cursor={cursor}")
+
+    assert_problem(response, 400, "query.cursor")
+
+
+@pytest.mark.parametrize("limit", ["0", "501"])
+def test_a_limit_out_of_range_is_a_problem(api: InProcessApi, limit: str) -> None:
+    response = api.request("GET", f"/jobs/{uuid.uuid4().hex}", query=f"limit={limit}")
+
+    assert_problem(response, 422, "query.limit")
+
+
+def jobs_fetching(stack: LocalStack, url: str) -> list[dict[str, Any]]:
+    """The jobs (META items) whose URLs include ``url``, read with a scan."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    decode = TypeDeserializer().deserialize
+    table = stack.resources.refs["JobsTable"]
+    pages = stack.aws_client("dynamodb").get_paginator("scan").paginate(TableName=table)
+    items = [
+        {name: decode(value) for name, value in item.items()}
+        for page in pages
+        for item in page["Items"]
+    ]
+    return [i for i in items if i["sk"] == "META" and url in i["params"].get("urls", ())]
+
+
+def test_when_the_queue_is_unreachable_the_client_gets_503_and_the_job_says_failed(
+    api: InProcessApi, local_stack: LocalStack
+) -> None:
+    url = f"https://example.com/lost/{uuid.uuid4().hex}"
+    local_stack.aws_client("sqs").delete_queue(QueueUrl=local_stack.resources.refs["JobsQueue"])
+    try:
+        response = create_job(api, {"urls": [url]})
+    finally:
+        local_stack.create_resources()
+    [meta] = jobs_fetching(local_stack, url)
+    job = api.request("GET", f"/jobs/{meta['id']}")
+
+    assert response.status == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert job.status == 200, job.text
+    assert (job.json["status"], job.json["error"]) == ("failed", "not queued")
