@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ from lambdaloop_local.template import FunctionSpec
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from lambdaloop_local.stack import LocalStack
 
 HAS_REDIS_SERVER = shutil.which("redis-server") is not None
 requires_redis_server: pytest.MarkDecorator = pytest.mark.skipif(
@@ -153,6 +156,36 @@ class InProcessApi:
             all_headers.setdefault("content-type", "application/json")
         event = http_event(method, path, query=query, headers=all_headers, body=body or b"")
         return ApiResponse(self.handler(event, lambda_context(self.timeout_s)))
+
+
+#: Production's Redis timeouts (0.1 s per call, 0.25 s to connect) are tight for a shared CI
+#: machine: a stalled test process must not look like a Redis outage in tests that count
+#: calls (outages are tested by killing Redis).
+CI_REDIS_TIMEOUTS = {
+    "LAMBDALOOP_REDIS_TIMEOUT_S": "1.0",
+    "LAMBDALOOP_REDIS_CONNECT_TIMEOUT_S": "2.0",
+    "LAMBDALOOP_REDIS_POOL_TIMEOUT_S": "2.0",
+}
+
+
+@contextlib.contextmanager
+def in_process_api(stack: LocalStack) -> Iterator[InProcessApi]:
+    """The API function's handler in this process, with the function's environment on
+    ``stack`` (and :data:`CI_REDIS_TIMEOUTS`)."""
+    from api.app import create_app
+    from lambdaloop.asgi import asgi_handler
+
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            **stack.function_environment("ApiFunction"),
+            **CI_REDIS_TIMEOUTS,
+        }.items():
+            env.setenv(name, value)
+        forget_environment()
+        try:
+            yield InProcessApi(asgi_handler(create_app()))
+        finally:
+            forget_environment()
 
 
 def forget_environment() -> None:

@@ -12,14 +12,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from api.app import create_app
-from lambdaloop.asgi import asgi_handler
 from lambdaloop.jobs import JobStore
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import get_loop
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import ApiResponse, InProcessApi, forget_environment
+from support import ApiResponse, InProcessApi, in_process_api
 
 T = TypeVar("T")
 URLS = ["https://example.com/", "https://example.org/a?b=c", "http://example.net/"]
@@ -35,13 +33,8 @@ def run(work: Awaitable[T]) -> T:
 @pytest.fixture(scope="module")
 def api(session_stack: LocalStack) -> Iterator[InProcessApi]:
     session_stack.create_resources()
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in session_stack.function_environment("ApiFunction").items():
-            env.setenv(name, value)
-        env.setenv("LAMBDALOOP_REDIS_TIMEOUT_S", "1.0")
-        forget_environment()
-        yield InProcessApi(asgi_handler(create_app()))
-        forget_environment()
+    with in_process_api(session_stack) as api:
+        yield api
 
 
 @pytest.fixture

@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from api.app import create_app
-from lambdaloop.asgi import asgi_handler
 from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from lambdaloop_local.stack import LocalStack, StackConfig
-from support import InProcessApi, LoopbackHttpServer, forget_environment
+from support import InProcessApi, LoopbackHttpServer, in_process_api
 
 #: Short webhook timeouts and no backoff, so retries happen within the test.
 NOTIFY_ENV = {
@@ -98,13 +96,8 @@ def stack(session_stack: LocalStack) -> LocalStack:
 
 @pytest.fixture(scope="module")
 def api(stack: LocalStack) -> Iterator[InProcessApi]:
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in stack.function_environment("ApiFunction").items():
-            env.setenv(name, value)
-        env.setenv("LAMBDALOOP_REDIS_TIMEOUT_S", "1.0")
-        forget_environment()
-        yield InProcessApi(asgi_handler(create_app()))
-        forget_environment()
+    with in_process_api(stack) as api:
+        yield api
 
 
 def signing_secret(stack: LocalStack) -> str:

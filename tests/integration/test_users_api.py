@@ -13,26 +13,22 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from api.app import create_app
 from api.users.dependencies import users_service
-from lambdaloop.asgi import asgi_handler
 from lambdaloop.clients import aws_client
 from lambdaloop.runtime import get_loop, lambda_handler
 from lambdaloop_local.stack import LocalStack
-from support import InProcessApi, forget_environment, lambda_context, requires_redis_server
+from support import (
+    InProcessApi,
+    in_process_api,
+    lambda_context,
+    requires_redis_server,
+)
 
 
 @pytest.fixture(scope="module")
 def api(session_stack: LocalStack) -> Iterator[InProcessApi]:
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in session_stack.function_environment("ApiFunction").items():
-            env.setenv(name, value)
-        # Production's 0.1 s Redis timeout is tight for a shared CI machine: a stalled test
-        # process must not look like a Redis outage here (outages are tested by killing it).
-        env.setenv("LAMBDALOOP_REDIS_TIMEOUT_S", "1.0")
-        forget_environment()
-        yield InProcessApi(asgi_handler(create_app()))
-        forget_environment()
+    with in_process_api(session_stack) as api:
+        yield api
 
 
 @pytest.fixture(autouse=True)
