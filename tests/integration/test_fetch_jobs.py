@@ -28,7 +28,7 @@ from lambdaloop.runtime import Deadline, get_loop
 from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack, StackConfig
-from support import LoopbackHttpServer
+from support import LoopbackHttpServer, in_process_api
 
 T = TypeVar("T")
 
@@ -179,6 +179,10 @@ class World:
     mixed: str
     split: str
     metas: dict[str, dict[str, Any]]
+    #: A job submitted through the API (POST /jobs/fetch), and what GET /jobs/{id} showed
+    #: once it was done, page by page.
+    submitted: str
+    pages: list[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +190,14 @@ def world(stack: LocalStack) -> Iterator[World]:
     stack.create_resources()
     store = job_store(stack)
     publisher = Publisher(stack.resources.refs["JobsQueue"], client=stack.aws_client("sqs"))
-    with Site() as site:
+    with Site() as site, in_process_api(stack) as api:
+        response = api.request(
+            "POST",
+            "/jobs/fetch",
+            json={"urls": [site.url(f"/body/api-{n}") for n in range(3)], "concurrency": 2},
+        )
+        assert response.status == 202, response.text
+        submitted = response.json["job_id"]
         mixed = create_job(
             store,
             [
@@ -206,14 +217,19 @@ def world(stack: LocalStack) -> Iterator[World]:
             run(publisher.publish(JOB_FETCH, {"job_id": job_id, "part": 0}, id=f"{job_id}.0"))
 
         def metas() -> dict[str, dict[str, Any]]:
-            found = {job_id: run(store.get(job_id, consistent=True)) for job_id in (mixed, split)}
+            jobs = (mixed, split, submitted)
+            found = {job_id: run(store.get(job_id, consistent=True)) for job_id in jobs}
             return {job_id: meta for job_id, meta in found.items() if meta is not None}
 
         run_jobs_function(
             stack,
             lambda: all(m["status"] in ("succeeded", "failed") for m in metas().values()),
         )
-        yield World(site, store, mixed, split, metas())
+        pages = [api.request("GET", f"/jobs/{submitted}", query="limit=2").json]
+        while cursor := pages[-1]["result"]["next_cursor"]:
+            query = f"limit=2&cursor={cursor}"
+            pages.append(api.request("GET", f"/jobs/{submitted}", query=query).json)
+        yield World(site, store, mixed, split, metas(), submitted, pages)
 
 
 def test_every_url_of_a_job_has_its_result_and_the_job_succeeded(world: World) -> None:
@@ -240,6 +256,20 @@ def test_every_url_of_a_job_has_its_result_and_the_job_succeeded(world: World) -
     assert (results[2]["status"], results[2]["error"]["code"]) == (None, "blocked")
     assert results[2]["attempts"] == 0
     assert results[5]["error"]["code"] == "invalid_url"
+
+
+def test_a_job_submitted_through_the_api_is_run_and_shown_with_its_results(
+    world: World,
+) -> None:
+    first, *_ = world.pages
+    results = [r for page in world.pages for r in page["result"]["results"]]
+
+    assert (first["id"], first["type"], first["status"]) == (world.submitted, "fetch", "succeeded")
+    assert first["progress"] == {"done": 3, "total": 3}
+    assert [r["index"] for r in results] == [0, 1, 2]
+    assert [r["sha256"] for r in results] == [sha256(f"api-{n}") for n in range(3)]
+    assert all(r["error"] is None and r["status"] == 200 for r in results)
+    assert len(world.pages) == 2
 
 
 def test_a_url_repeated_in_a_job_is_fetched_once_and_stored_at_both_indexes(
