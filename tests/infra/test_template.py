@@ -706,3 +706,15 @@ def test_resolver_resolves_intrinsics(resolver: Resolver, value: Any, expected: 
 def test_resolver_names_what_it_cannot_resolve(resolver: Resolver, value: Any, named: str) -> None:
     with pytest.raises(TemplateError, match=re.escape(named)):
         resolver.resolve(value)
+
+
+def test_no_deployed_function_runs_in_local_mode(template: Template) -> None:
+    # Local mode lets fetch jobs and webhooks reach loopback: only the emulator may set it.
+    for spec in template.functions():
+        assert "LAMBDALOOP_LOCAL" not in spec.environment, spec.logical_id
+
+
+def test_functions_that_call_user_chosen_urls_run_outside_the_vpc(template: Template) -> None:
+    # In the VPC (no NAT) they could reach only private addresses: the very ones refused.
+    for logical_id in ("NotifyFunction", "JobsFunction"):
+        assert "VpcConfig" not in template.function(logical_id).properties, logical_id
