@@ -6,9 +6,9 @@ import contextlib
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from lambdaloop_local.stack import LocalStack
+
+T = TypeVar("T")
 
 HAS_REDIS_SERVER = shutil.which("redis-server") is not None
 requires_redis_server: pytest.MarkDecorator = pytest.mark.skipif(
@@ -227,3 +229,40 @@ def function_in_folder(
         properties={},
     )
     return LocalFunction(spec, dict(environment or {}), ())
+
+
+def run(work: Awaitable[T]) -> T:
+    """Await ``work`` on the layer's loop (the one every invocation runs on)."""
+    from lambdaloop.runtime import get_loop
+
+    async def wrapped() -> T:
+        return await work
+
+    return get_loop().run_until_complete(wrapped())
+
+
+def run_event_source(stack: LocalStack, queue: str, done: Callable[[], bool]) -> None:
+    """Run the template's SQS event source of ``queue`` (a logical id) until ``done()``, in
+    the function's real execution environments; then stop them."""
+    import asyncio
+
+    async def consume() -> None:
+        [source] = [
+            s
+            for s in stack.sqs_event_sources()
+            if s.config.queue_url == stack.resources.refs[queue]
+        ]
+        stop = asyncio.Event()
+        poller = asyncio.create_task(source.run(stop))
+        try:
+            for _ in range(1200):  # bounded: about a minute
+                if await asyncio.to_thread(done):
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"the work on {queue} did not finish")
+        finally:
+            stop.set()
+            await asyncio.wait_for(poller, 30)
+            await stack.aclose_functions()
+
+    asyncio.run(consume())

@@ -5,13 +5,12 @@ to end run does not reach (redelivery, batching, the deadline's hard stop, last 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,11 +23,11 @@ from lambdaloop.consumer import RecordContext
 from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
 from lambdaloop.jobs import JobStore
 from lambdaloop.queue import Envelope, Publisher
-from lambdaloop.runtime import Deadline, get_loop
+from lambdaloop.runtime import Deadline
 from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack, StackConfig
-from support import LoopbackHttpServer, in_process_api
+from support import LoopbackHttpServer, in_process_api, run, run_event_source
 
 T = TypeVar("T")
 
@@ -42,13 +41,6 @@ JOBS_ENV = {
     "JOBS_PART_MARGIN_S": "115",
 }
 BLOCKED = "http://169.254.169.254/latest/meta-data/"
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 def body(name: str) -> bytes:
@@ -128,31 +120,6 @@ def stack(session_stack: LocalStack) -> LocalStack:
     return attached
 
 
-def run_jobs_function(stack: LocalStack, done: Callable[[], bool]) -> None:
-    """Run the template's SQS event source of the jobs function until ``done()``."""
-
-    async def consume() -> None:
-        [source] = [
-            s
-            for s in stack.sqs_event_sources()
-            if s.config.queue_url == stack.resources.refs["JobsQueue"]
-        ]
-        stop = asyncio.Event()
-        poller = asyncio.create_task(source.run(stop))
-        try:
-            for _ in range(1200):  # bounded: about a minute
-                if await asyncio.to_thread(done):
-                    return
-                await asyncio.sleep(0.05)
-            raise AssertionError("the jobs did not all reach a final status")
-        finally:
-            stop.set()
-            await asyncio.wait_for(poller, 30)
-            await stack.aclose_functions()
-
-    asyncio.run(consume())
-
-
 def part_record(stack: LocalStack, job_id: str, part: int) -> dict[str, Any] | None:
     """The idempotency record of a part (what its completed run returned), if any."""
     item = (
@@ -221,8 +188,9 @@ def world(stack: LocalStack) -> Iterator[World]:
             found = {job_id: run(store.get(job_id, consistent=True)) for job_id in jobs}
             return {job_id: meta for job_id, meta in found.items() if meta is not None}
 
-        run_jobs_function(
+        run_event_source(
             stack,
+            "JobsQueue",
             lambda: all(m["status"] in ("succeeded", "failed") for m in metas().values()),
         )
         pages = [api.request("GET", f"/jobs/{submitted}", query="limit=2").json]

@@ -4,25 +4,17 @@ consumers share them."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable
 from typing import TypeVar
 
 import pytest
 
 from lambdaloop.errors import ConditionFailed
 from lambdaloop.jobs import JobStore, public
-from lambdaloop.runtime import get_loop
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
+from support import run
 
 T = TypeVar("T")
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 @pytest.fixture

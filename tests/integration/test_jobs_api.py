@@ -7,27 +7,19 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
 
 from lambdaloop.jobs import JobStore
 from lambdaloop.queue import Envelope
-from lambdaloop.runtime import get_loop
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import ApiResponse, InProcessApi, in_process_api
+from support import ApiResponse, InProcessApi, in_process_api, run
 
 T = TypeVar("T")
 URLS = ["https://example.com/", "https://example.org/a?b=c", "http://example.net/"]
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 @pytest.fixture(scope="module")

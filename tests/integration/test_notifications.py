@@ -5,10 +5,9 @@ that verifies every signature."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ from aiohttp import web
 
 from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from lambdaloop_local.stack import LocalStack, StackConfig
-from support import InProcessApi, LoopbackHttpServer, in_process_api
+from support import InProcessApi, LoopbackHttpServer, in_process_api, run_event_source
 
 #: Short webhook timeouts and no backoff, so retries happen within the test.
 NOTIFY_ENV = {
@@ -142,31 +141,6 @@ def dead_letters(stack: LocalStack) -> list[dict[str, Any]]:
     return list(bodies.values())
 
 
-def run_notify_function(stack: LocalStack, done: Callable[[], bool]) -> None:
-    """Run the template's SQS event source of the notify function until ``done()``."""
-
-    async def consume() -> None:
-        [source] = [
-            s
-            for s in stack.sqs_event_sources()
-            if s.config.queue_url == stack.resources.refs["NotifyQueue"]
-        ]
-        stop = asyncio.Event()
-        poller = asyncio.create_task(source.run(stop))
-        try:
-            for _ in range(1200):  # bounded: about a minute
-                if await asyncio.to_thread(done):
-                    return
-                await asyncio.sleep(0.05)
-            raise AssertionError("the notifications did not all reach a final status")
-        finally:
-            stop.set()
-            await asyncio.wait_for(poller, 30)
-            await stack.aclose_functions()
-
-    asyncio.run(consume())
-
-
 @dataclass
 class World:
     """What happened to one notification per receiver behaviour."""
@@ -206,7 +180,7 @@ def world(stack: LocalStack, api: InProcessApi) -> Iterator[World]:
             final = all(s["status"] != "queued" for s in statuses().values())
             return final and any(d["id"] == ids["down"] for d in dead_letters(stack))
 
-        run_notify_function(stack, settled)
+        run_event_source(stack, "NotifyQueue", settled)
         yield World(ids, receiver, statuses(), dead_letters(stack))
 
 

@@ -4,7 +4,7 @@ real loopback receiver: the cases the end-to-end run does not reach."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -15,22 +15,15 @@ from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import DependencyError, RetryLater
 from lambdaloop.fetch import aclose_sessions, guarded_session
 from lambdaloop.queue import Envelope
-from lambdaloop.runtime import Deadline, get_loop
+from lambdaloop.runtime import Deadline
 from lambdaloop.secrets_manager import SecretsManager
 from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
 from notify.delivery import Deliverer
-from support import LoopbackHttpServer
+from support import LoopbackHttpServer, run
 
 T = TypeVar("T")
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 class Receiver:

@@ -7,26 +7,19 @@ queues are shared by the whole session, and their consumers may run in other tes
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
 
 from lambdaloop.queue import Envelope, OutgoingMessage, Publisher
-from lambdaloop.runtime import get_loop
 from lambdaloop_local.stack import LocalStack
+from support import run
 
 T = TypeVar("T")
 
 #: Bounded receiving: give up after this many receives that bring nothing.
 MAX_EMPTY_RECEIVES = 5
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import aiohttp
@@ -14,22 +14,14 @@ import yarl
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from lambdaloop.runtime import get_loop
 from lambdaloop.ssrf import Blocked, Policy, guarded_connector
-from support import LoopbackHttpServer
+from support import LoopbackHttpServer, run
 
 #: How this Python spells ::ffff:127.0.0.1 (3.13 keeps the dotted quad, 3.11 does not).
 MAPPED_LOOPBACK = str(ipaddress.ip_address("::ffff:127.0.0.1"))
 
 T = TypeVar("T")
 TIMEOUT = aiohttp.ClientTimeout(total=2)
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 class Site:

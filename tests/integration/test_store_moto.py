@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
 
 from lambdaloop.errors import ConditionFailed, TransactionConflict
-from lambdaloop.runtime import get_loop
 from lambdaloop.store import Table, TransactOp
 from lambdaloop_local.stack import LocalStack
+from support import run
 
 T = TypeVar("T")
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 @pytest.fixture

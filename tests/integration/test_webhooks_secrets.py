@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -11,22 +11,14 @@ import pytest
 from aiohttp import web
 
 from lambdaloop.errors import DependencyError
-from lambdaloop.runtime import get_loop
 from lambdaloop.secrets_manager import SecretsManager
 from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Verdict, post, verify
 from lambdaloop_local.stack import LocalStack
-from support import LoopbackHttpServer
+from support import LoopbackHttpServer, run
 
 T = TypeVar("T")
 SECRET = "loopback-secret"
 TIMEOUT = aiohttp.ClientTimeout(total=0.3)
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 class Receiver:

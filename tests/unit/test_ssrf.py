@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import pickle
 import socket
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -16,21 +15,14 @@ from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from lambdaloop.errors import LambdaloopError
-from lambdaloop.runtime import get_loop
 from lambdaloop.ssrf import Blocked, Policy, _guarded_connector_class, guarded_connector
+from support import run
 
 #: How this Python spells ::ffff:127.0.0.1 (3.13 keeps the dotted quad, 3.11 does not).
 MAPPED_LOOPBACK = str(ipaddress.ip_address("::ffff:127.0.0.1"))
 
 T = TypeVar("T")
 POLICY = Policy()
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 REFUSED_URLS = [
