@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from lambdaloop.errors import ConditionFailed, DependencyUnavailable
-from lambdaloop.store import BatchWriteResult, Item, Key, Page, utc_timestamp
+from lambdaloop.store import Item, Key, Page, Table, utc_timestamp
 
-__all__ = ["FINAL", "STATUSES", "JobStore", "JobTable", "public"]
+__all__ = ["FINAL", "STATUSES", "JobStore", "public"]
 
 STATUSES = ("queued", "running", "succeeded", "failed")
 FINAL = frozenset({"succeeded", "failed"})
@@ -30,39 +30,6 @@ _META = "META"
 _RESULT = "R#"
 _INDEX_WIDTH = 6
 _PUBLIC = ("id", "type", "status", "created_at", "updated_at", "error")
-
-
-class JobTable(Protocol):
-    """What the store needs of :class:`~lambdaloop.store.Table` (key ``pk``, ``sk``)."""
-
-    async def get(self, key: Key, *, consistent: bool = False) -> Item | None: ...
-    async def create(self, item: Item) -> None: ...
-    async def update(
-        self,
-        key: Key,
-        changes: Mapping[str, Any],
-        *,
-        add: Mapping[str, int | float] | None = None,
-        must_exist: bool = True,
-        condition: str | None = None,
-        names: Mapping[str, str] | None = None,
-        values: Mapping[str, Any] | None = None,
-    ) -> Item: ...
-    async def query(
-        self,
-        key_condition: str,
-        *,
-        names: Mapping[str, str] | None = None,
-        values: Mapping[str, Any] | None = None,
-        index: str | None = None,
-        limit: int | None = None,
-        newest_first: bool = False,
-        start_key: Key | None = None,
-        consistent: bool = False,
-    ) -> Page: ...
-    async def batch_write(
-        self, puts: Sequence[Item] = (), deletes: Sequence[Key] = ()
-    ) -> BatchWriteResult: ...
 
 
 def _pk(job_id: str) -> str:
@@ -85,7 +52,7 @@ def public(meta: Item) -> dict[str, Any]:
 
 
 class JobStore:
-    def __init__(self, table: JobTable, *, retention_s: int = 30 * 86_400) -> None:
+    def __init__(self, table: Table, *, retention_s: int = 30 * 86_400) -> None:
         self.table = table
         self._retention_s = retention_s
 

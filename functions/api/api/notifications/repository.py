@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Protocol
+from typing import Any
 
 from api.errors import BadRequest
-from lambdaloop.store import Item, Key, Page
+from lambdaloop.store import Item, Key, Table
 
-__all__ = ["BY_USER_INDEX", "NotificationsRepository", "TableLike", "public"]
+__all__ = ["BY_USER_INDEX", "NotificationsRepository", "public"]
 
 BY_USER_INDEX = "by_user"
 _PUBLIC = (
@@ -33,40 +33,13 @@ _PUBLIC = (
 _CURSOR_KEYS = frozenset({"id", "user_id", "created_at"})
 
 
-class TableLike(Protocol):
-    async def get(self, key: Key, *, consistent: bool = False) -> Item | None: ...
-    async def create(self, item: Item) -> None: ...
-    async def update(
-        self,
-        key: Key,
-        changes: dict[str, Any],
-        *,
-        must_exist: bool = True,
-        condition: str | None = None,
-        names: dict[str, str] | None = None,
-        values: dict[str, Any] | None = None,
-    ) -> Item: ...
-    async def query(
-        self,
-        key_condition: str,
-        *,
-        names: dict[str, str] | None = None,
-        values: dict[str, Any] | None = None,
-        index: str | None = None,
-        limit: int | None = None,
-        newest_first: bool = False,
-        start_key: Key | None = None,
-        consistent: bool = False,
-    ) -> Page: ...
-
-
 def public(item: Item) -> dict[str, Any]:
     """The notification as the API shows it (no webhook URL, no expiry)."""
     return {name: item.get(name) for name in _PUBLIC}
 
 
 class NotificationsRepository:
-    def __init__(self, table: TableLike) -> None:
+    def __init__(self, table: Table) -> None:
         self.table = table
 
     async def create(self, item: Item) -> None:
