@@ -12,8 +12,8 @@ import pytest
 from lambdaloop_local.template import load_template
 
 EVENTS = Path(__file__).resolve().parents[2] / "infra" / "events"
-#: SQS events are named after their consumer (notify-*.json); the rest are HTTP API events.
-SQS_EVENT_FILES = sorted(EVENTS.glob("notify-*.json"))
+#: SQS events are named sqs-<consumer>-*.json; the rest are HTTP API events.
+SQS_EVENT_FILES = sorted(EVENTS.glob("sqs-*.json"))
 EVENT_FILES = sorted(set(EVENTS.glob("*.json")) - set(SQS_EVENT_FILES))
 
 

@@ -123,7 +123,7 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStac
         "jobs-fetch-create.json": 202,
         "jobs-get.json": 404,
     }
-    http_events = {p.name for p in EVENTS.glob("*.json")} - {"notify-deliver.json"}
+    http_events = {p.name for p in EVENTS.glob("*.json") if not p.name.startswith("sqs-")}
     assert set(expected) == http_events, "an event is not tested"
     assert local_stack.moto is not None
     local_stack.moto.reset()  # an empty stack: user 1 does not exist yet
@@ -146,7 +146,7 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStac
 def test_the_sam_local_invoke_sqs_event_fails_only_its_poison_record(
     local_stack: LocalStack,
 ) -> None:
-    sqs_event = json.loads((EVENTS / "notify-deliver.json").read_text())
+    sqs_event = json.loads((EVENTS / "sqs-notify-deliver.json").read_text())
     poison = sqs_event["Records"][1]["messageId"]
 
     async def invoke() -> Any:
@@ -158,6 +158,28 @@ def test_the_sam_local_invoke_sqs_event_fails_only_its_poison_record(
 
     # The good record names a notification that does not exist here: dropped, not failed.
     assert asyncio.run(invoke()) == {"batchItemFailures": [{"itemIdentifier": poison}]}
+
+
+def test_the_sam_local_invoke_jobs_event_runs_in_the_jobs_function(local_stack: LocalStack) -> None:
+    sqs_event = json.loads((EVENTS / "sqs-jobs-part.json").read_text())
+    job_id = json.loads(sqs_event["Records"][0]["body"])["payload"]["job_id"]
+    idempotency = local_stack.resources.refs["IdempotencyTable"]
+
+    async def invoke() -> Any:
+        pool = FunctionPool(local_stack.local_function("JobsFunction"))
+        try:
+            return (await pool.invoke(sqs_event)).result
+        finally:
+            await pool.aclose()
+
+    response = asyncio.run(invoke())
+    record = local_stack.aws_client("dynamodb").get_item(
+        TableName=idempotency, Key={"id": {"S": f"{job_id}.0"}}, ConsistentRead=True
+    )["Item"]
+
+    # The part names a job that does not exist here: dropped (and remembered), not failed.
+    assert response == {"batchItemFailures": []}
+    assert json.loads(record["result"]["S"]) == {"status": "missing"}
 
 
 def test_a_bad_environment_fails_the_cold_start_naming_the_variable(
