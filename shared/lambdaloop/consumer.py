@@ -15,8 +15,9 @@ for one.
   with another payload is a failure. Handlers then return JSON-serialisable results.
 - Deadline (:func:`~lambdaloop.runtime.current_deadline`): no record is started once
   ``remaining() <= margin_s``; records still running when the deadline comes are cancelled
-  0.2 s before it (the runtime cancels the whole handler at the deadline
-  itself, and the report must be returned before that). Every unfinished record is failed.
+  0.5 s before it (the runtime cancels the whole handler at the deadline itself, and the
+  report must be returned before that, a garbage collection or a slow cleanup included).
+  Every unfinished record is failed.
 - FIFO (records carry ``attributes.MessageGroupId``): a group's records run in order, one
   at a time; after a failure the rest of the group is failed without running (running them
   would break the order). Groups run concurrently.
@@ -48,8 +49,10 @@ __all__ = ["Handler", "RecordContext", "RetryPolicy", "SqsProcessor"]
 logger = logging.getLogger(__name__)
 
 #: How long before the deadline running records are cancelled, and half of it is what the
-#: cancelled records get to clean up; the rest is for returning the report.
-_REPORT_RESERVE_S = 0.2
+#: cancelled records get to clean up; the rest is for returning the report. 0.2 s was
+#: overrun on a loaded machine (a full collection of a large heap): the batch then failed
+#: whole at the deadline instead of reporting.
+_REPORT_RESERVE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ function is :class:`~lambdaloop.consumer.SqsProcessor` with an
 side effect is a DynamoDB counter per envelope id, so a side effect applied twice shows as 2.
 
 Timing, chosen for Lambda's rules rather than for speed: the function's Timeout is 4 s (the
-runtime's deadline 0.5 s before it, the processor cancelling 0.2 s before that: a batch gets
-3.3 s, more than ten times what one takes here, so a loaded CI machine does not cut good
+runtime's deadline 0.5 s before it, the processor cancelling 0.5 s before that: a batch gets
+3 s, about ten times what one takes here, so a loaded CI machine does not cut good
 records), the queue's VisibilityTimeout 5 s, longer than the Timeout as AWS requires of an
 event source's queue (a shorter one hands a batch to a second poller while the first still
 runs it), and maxReceiveCount 5 (see MAX_RECEIVES).
