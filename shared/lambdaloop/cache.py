@@ -195,21 +195,52 @@ def _is_redis_fault(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.RedisError | OSError | TimeoutError)
 
 
+#: Keys whose last landed load is kept for stragglers of its stampede.
+_LANDED_KEYS = 1024
+
+
 class _SingleFlight:
-    """Concurrent callers for one key share one in-flight load."""
+    """Concurrent callers for one key share one in-flight load.
+
+    A caller whose miss was read before a load started, but who asks only after that load
+    has landed (its cache read was slow), takes the landed result: that load ran within the
+    caller's own request, so it is as fresh as one of its own, and it saves a second load
+    of a stampede's stragglers. The last landed load per key is kept for this (at most
+    ``_LANDED_KEYS`` keys).
+    """
 
     def __init__(self) -> None:
-        self._flights: dict[str, asyncio.Task[Any]] = {}
+        self._flights: dict[str, tuple[float, asyncio.Task[Any]]] = {}
+        self._landed: dict[str, tuple[float, asyncio.Task[Any]]] = {}
 
-    async def do(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
-        task = self._flights.get(key)
-        if task is None:
-            task = asyncio.ensure_future(load())
-            self._flights[key] = task
-            task.add_done_callback(lambda _: self._flights.pop(key, None))
+    async def do(self, key: str, load: Callable[[], Awaitable[T]], since: float) -> T:
+        """``load`` once for ``key`` among concurrent callers; ``since`` is when this caller
+        began (``loop.time()``, before its cache read)."""
+        flight = self._flights.get(key)
+        if flight is None:
+            landed = self._landed.get(key)
+            if landed is not None and landed[0] >= since and _succeeded(landed[1]):
+                result: T = landed[1].result()
+                return result
+            flight = (asyncio.get_running_loop().time(), asyncio.ensure_future(load()))
+            self._flights[key] = flight
+            flight[1].add_done_callback(lambda _: self._land(key))
         # shield: one caller giving up (cancelled) must not cancel the others' load.
-        result: T = await asyncio.shield(task)
-        return result
+        shared: T = await asyncio.shield(flight[1])
+        return shared
+
+    def _land(self, key: str) -> None:
+        flight = self._flights.pop(key, None)
+        if flight is None:
+            return
+        self._landed.pop(key, None)
+        if len(self._landed) >= _LANDED_KEYS:
+            del self._landed[next(iter(self._landed))]  # the oldest
+        self._landed[key] = flight
+
+
+def _succeeded(task: asyncio.Task[Any]) -> bool:
+    return not task.cancelled() and task.exception() is None
 
 
 class CacheAside:
@@ -230,10 +261,11 @@ class CacheAside:
         self._flights = _SingleFlight()
 
     async def get_or_load(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        since = asyncio.get_running_loop().time()
         hit = await self.cache.get(key)
         if hit is not MISS:
             return hit  # type: ignore[no-any-return]
-        return await self._flights.do(key, lambda: self._load(key, load))
+        return await self._flights.do(key, lambda: self._load(key, load), since)
 
     async def _load(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
         if self.lock_ttl_s and not await self.cache.acquire_lock(key, self.lock_ttl_s):

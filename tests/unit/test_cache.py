@@ -190,6 +190,56 @@ def test_single_flight_one_source_read_for_200_concurrent_misses(redis: Counting
     assert run(aside.cache.get("user-7")) == {"id": 7}
 
 
+class StragglerCache(Cache):
+    """A cache whose first read answers late: it reads (a miss) at once, then holds the
+    answer until ``answer`` is set, as a slow Redis reply would."""
+
+    def __init__(self, redis: CountingRedis) -> None:
+        super().__init__("test", client=redis)
+        self.answer = asyncio.Event()
+        self.read = asyncio.Event()
+        self._first = True
+
+    async def get(self, key: str) -> Any:
+        value = await super().get(key)
+        if self._first:
+            self._first = False
+            self.read.set()
+            await self.answer.wait()
+        return value
+
+
+def test_a_straggler_of_a_stampede_takes_the_load_that_landed_during_its_request(
+    redis: CountingRedis,
+) -> None:
+    cache = StragglerCache(redis)
+    aside = CacheAside(cache)
+    reads = 0
+
+    async def load() -> dict[str, int]:
+        nonlocal reads
+        reads += 1
+        return {"id": reads}
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        # Given a caller whose miss is read before a load, but answered after it landed
+        straggler = asyncio.ensure_future(aside.get_or_load("user-7", load))
+        await asyncio.wait_for(cache.read.wait(), 10)
+        first = await aside.get_or_load("user-7", load)
+        cache.answer.set()
+        late = await straggler
+        # And a caller that begins after that load, when the entry is gone again
+        await cache.delete("user-7")
+        after = await aside.get_or_load("user-7", load)
+        return first, late, after
+
+    first, late, after = run(scenario())
+
+    # Then the straggler shares the landed load; the later caller loads afresh
+    assert (first, late, after) == ({"id": 1}, {"id": 1}, {"id": 2})
+    assert reads == 2
+
+
 def test_the_redis_lock_makes_other_environments_wait_for_the_fill(
     redis: CountingRedis,
 ) -> None:
