@@ -266,3 +266,15 @@ def run_event_source(stack: LocalStack, queue: str, done: Callable[[], bool]) ->
             await stack.aclose_functions()
 
     asyncio.run(consume())
+
+
+def attached_stack(stack: LocalStack, env_vars: dict[str, dict[str, str]]) -> LocalStack:
+    """A stack on ``stack``'s running services whose functions get ``env_vars`` over the
+    template's (sam local's --env-vars shape)."""
+    from lambdaloop_local.stack import LocalStack, StackConfig
+
+    attached = LocalStack(
+        StackConfig(aws_endpoint=stack.aws_endpoint, redis_url=stack.redis_url, env_vars=env_vars)
+    )
+    attached.start()
+    return attached

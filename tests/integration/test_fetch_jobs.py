@@ -26,8 +26,8 @@ from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.runtime import Deadline
 from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
-from lambdaloop_local.stack import LocalStack, StackConfig
-from support import LoopbackHttpServer, in_process_api, run, run_event_source
+from lambdaloop_local.stack import LocalStack
+from support import LoopbackHttpServer, attached_stack, in_process_api, run, run_event_source
 
 T = TypeVar("T")
 
@@ -109,15 +109,7 @@ def all_results(store: JobStore, job_id: str) -> dict[int, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def stack(session_stack: LocalStack) -> LocalStack:
     """The session's services, with the jobs function's test settings."""
-    attached = LocalStack(
-        StackConfig(
-            aws_endpoint=session_stack.aws_endpoint,
-            redis_url=session_stack.redis_url,
-            env_vars={"JobsFunction": JOBS_ENV},
-        )
-    )
-    attached.start()
-    return attached
+    return attached_stack(session_stack, {"JobsFunction": JOBS_ENV})
 
 
 def part_record(stack: LocalStack, job_id: str, part: int) -> dict[str, Any] | None:

@@ -15,8 +15,14 @@ import pytest
 from aiohttp import web
 
 from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from lambdaloop_local.stack import LocalStack, StackConfig
-from support import InProcessApi, LoopbackHttpServer, in_process_api, run_event_source
+from lambdaloop_local.stack import LocalStack
+from support import (
+    InProcessApi,
+    LoopbackHttpServer,
+    attached_stack,
+    in_process_api,
+    run_event_source,
+)
 
 #: Short webhook timeouts and no backoff, so retries happen within the test.
 NOTIFY_ENV = {
@@ -82,15 +88,7 @@ class WebhookReceiver:
 @pytest.fixture(scope="module")
 def stack(session_stack: LocalStack) -> LocalStack:
     """The session's services, with the notify function's test settings."""
-    attached = LocalStack(
-        StackConfig(
-            aws_endpoint=session_stack.aws_endpoint,
-            redis_url=session_stack.redis_url,
-            env_vars={"NotifyFunction": NOTIFY_ENV},
-        )
-    )
-    attached.start()
-    return attached
+    return attached_stack(session_stack, {"NotifyFunction": NOTIFY_ENV})
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 from api.errors import BadRequest, NotFound
 from lambdaloop.errors import DependencyError, DependencyUnavailable, PublishError
 from lambdaloop.jobs import JobStore, public
+from lambdaloop.queue import Publisher
 
 __all__ = ["FETCH", "FETCH_JOB", "JobsService"]
 
@@ -25,19 +26,8 @@ FETCH_JOB = "fetch"
 FETCH = "job.fetch"
 
 
-class Queue(Protocol):
-    async def publish(
-        self,
-        type: str,
-        payload: dict[str, Any],
-        *,
-        id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str: ...
-
-
 class JobsService:
-    def __init__(self, store: JobStore, queue: Queue) -> None:
+    def __init__(self, store: JobStore, queue: Publisher) -> None:
         self.store = store
         self._queue = queue
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from api.errors import NotFound
 from api.notifications.repository import NotificationsRepository, public
 from lambdaloop.errors import DependencyError, DependencyUnavailable, PublishError
+from lambdaloop.queue import Publisher
 from lambdaloop.store import utc_timestamp
 
 __all__ = ["DELIVER", "NotificationsService"]
@@ -30,23 +31,12 @@ class Users(Protocol):
     async def get(self, user_id: int) -> dict[str, Any]: ...
 
 
-class Queue(Protocol):
-    async def publish(
-        self,
-        type: str,
-        payload: dict[str, Any],
-        *,
-        id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str: ...
-
-
 class NotificationsService:
     def __init__(
         self,
         repository: NotificationsRepository,
         users: Users,
-        queue: Queue,
+        queue: Publisher,
         *,
         retention_s: int,
         clock: Callable[[], str] = utc_timestamp,
