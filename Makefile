@@ -78,6 +78,8 @@ bench: env
 	$(VENV)/bin/python bench/consumer.py
 	$(VENV)/bin/python bench/publisher.py
 	$(VENV)/bin/python bench/fetch.py
+	$(VENV)/bin/python bench/pool.py
+	$(VENV)/bin/python bench/fanout.py
 
 # The layer's requirements are exported from the lock so the deployed layer and the local
 # environment run the same versions.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import sys
 import time
@@ -22,6 +23,13 @@ def import_paths(*extra: Path) -> None:
     for path in (ROOT / "infra", ROOT / "shared", *extra):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
+
+
+def quiet_logs() -> None:
+    """No INFO lines from moto's server (werkzeug) or the emulator, so the table stays
+    readable."""
+    for name in ("werkzeug", "moto", "botocore", "lambdaloop_local", "lambdaloop"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def p90(values: Sequence[float]) -> float:

@@ -44,7 +44,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import platform
 import statistics
@@ -57,7 +56,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from benchkit import import_paths, p90
+from benchkit import import_paths, p90, quiet_logs
 
 if TYPE_CHECKING:
     from lambdaloop.queue import OutgoingMessage, Publisher
@@ -401,13 +400,6 @@ def raw_numbers(samples: dict[str, Samples], args: argparse.Namespace) -> dict[s
 
 
 # ----------------------------------------------------------------------------------- main
-
-
-def quiet_logs() -> None:
-    """No INFO lines from moto's server (werkzeug) or the emulator, so the table stays
-    readable."""
-    for name in ("werkzeug", "moto", "botocore", "lambdaloop_local", "lambdaloop"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -268,13 +268,22 @@ def run_event_source(stack: LocalStack, queue: str, done: Callable[[], bool]) ->
     asyncio.run(consume())
 
 
-def attached_stack(stack: LocalStack, env_vars: dict[str, dict[str, str]]) -> LocalStack:
+def attached_stack(
+    stack: LocalStack,
+    env_vars: dict[str, dict[str, str]],
+    parameters: dict[str, str] | None = None,
+) -> LocalStack:
     """A stack on ``stack``'s running services whose functions get ``env_vars`` over the
-    template's (sam local's --env-vars shape)."""
+    template's (sam local's --env-vars shape), and with other ``parameters`` if given."""
     from lambdaloop_local.stack import LocalStack, StackConfig
 
     attached = LocalStack(
-        StackConfig(aws_endpoint=stack.aws_endpoint, redis_url=stack.redis_url, env_vars=env_vars)
+        StackConfig(
+            aws_endpoint=stack.aws_endpoint,
+            redis_url=stack.redis_url,
+            env_vars=env_vars,
+            parameters=parameters or {},
+        )
     )
     attached.start()
     return attached

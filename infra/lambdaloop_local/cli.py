@@ -79,6 +79,7 @@ async def _dev(args: argparse.Namespace) -> int:
         redis_port=args.redis_port,
         prefer_real_redis=not args.embedded_redis,
         env_vars=_read_env_vars(args.env_vars),
+        parameters=_parameters(args.parameter_overrides),
     )
     stack = LocalStack(config)
     stack.start()
@@ -151,10 +152,14 @@ async def _invoke(args: argparse.Namespace) -> int:
             aws_endpoint=running["aws_endpoint"],
             redis_url=running["redis_url"],
             env_vars=_read_env_vars(args.env_vars),
+            parameters=_parameters(args.parameter_overrides),
         )
     else:
         config = StackConfig(
-            template_path=args.template, aws_port=0, env_vars=_read_env_vars(args.env_vars)
+            template_path=args.template,
+            aws_port=0,
+            env_vars=_read_env_vars(args.env_vars),
+            parameters=_parameters(args.parameter_overrides),
         )
     stack = LocalStack(config)
     stack.template.function(args.function)  # an unknown name fails before anything starts
@@ -200,7 +205,25 @@ def _parser() -> argparse.ArgumentParser:
             type=Path,
             help="JSON of variables over the template's, as sam local takes them",
         )
+        command.add_argument(
+            "--parameter-overrides",
+            nargs="+",
+            default=[],
+            metavar="NAME=VALUE",
+            help="template parameters other than their defaults, as sam takes them",
+        )
     return parser
+
+
+def _parameters(pairs: Sequence[str]) -> dict[str, str]:
+    """--parameter-overrides ``Name=Value`` pairs (sam's shorthand form)."""
+    parameters = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            raise SystemExit(f"--parameter-overrides: expected NAME=VALUE, got {pair!r}")
+        parameters[name] = value
+    return parameters
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import http.client
 import logging
 import re
@@ -32,7 +33,7 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from fakeredis import TcpFakeServer
 from moto.server import ThreadedMotoServer
@@ -119,6 +120,33 @@ class _Managed:
         self.stop()
 
 
+_dynamodb_lock = threading.Lock()
+
+
+def _serialize_dynamodb_requests() -> None:
+    """Make moto's DynamoDB requests take turns, as AWS applies each write atomically.
+
+    moto's server answers every request on its own thread, and its DynamoDB backend has no
+    lock: two conditional writes to one item can both pass their condition before either is
+    applied (an optimistic update then loses a write that AWS would have refused). One lock
+    around each DynamoDB request restores DynamoDB's behaviour; moto holds the GIL throughout
+    anyway, so little is lost. Idempotent.
+    """
+    from moto.dynamodb.responses import DynamoHandler
+
+    call_action = DynamoHandler.call_action
+    if getattr(call_action, "_lambdaloop_serialized", False):
+        return
+
+    @functools.wraps(call_action)
+    def serialized(self: DynamoHandler) -> Any:
+        with _dynamodb_lock:
+            return call_action(self)
+
+    serialized._lambdaloop_serialized = True  # type: ignore[attr-defined]
+    DynamoHandler.call_action = serialized  # type: ignore[method-assign]
+
+
 class MotoServer(_Managed):
     """moto in server mode, in-process (moto.server.ThreadedMotoServer).
 
@@ -150,6 +178,7 @@ class MotoServer(_Managed):
             # bind fails, the thread dies and start() never returns. Check first. (A process
             # taking the port between this check and the bind is the one case left uncovered.)
             _ensure_port_free(self._host, self._port, "moto server")
+        _serialize_dynamodb_requests()
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         self._server = server

@@ -46,12 +46,16 @@ class StackConfig:
     #: Variables over the template's, in ``sam local``'s --env-vars shape: by function
     #: logical id, and under "Parameters" for every function.
     env_vars: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: Template parameters other than their defaults (``sam``'s --parameter-overrides).
+    parameters: Mapping[str, str] = field(default_factory=dict)
 
 
 class LocalStack:
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
-        self.template: Template = load_template(self.config.template_path)
+        self.template: Template = load_template(self.config.template_path).with_parameters(
+            self.config.parameters
+        )
         self.moto: MotoServer | None = None
         self.redis: RedisServer | None = None
         self._resources: LocalResources | None = None

@@ -198,6 +198,16 @@ class Template:
             if isinstance(spec, dict) and "Default" in spec
         }
 
+    def with_parameters(self, overrides: Mapping[str, str]) -> Template:
+        """This template with other values for some parameters (as ``sam deploy
+        --parameter-overrides`` gives them): their defaults become these values."""
+        parameters: dict[str, Any] = dict(self.body.get("Parameters") or {})
+        if unknown := sorted(set(overrides) - set(parameters)):
+            raise TemplateError(f"no such parameter(s) in the template: {', '.join(unknown)}")
+        for name, value in overrides.items():
+            parameters[name] = {**parameters[name], "Default": value}
+        return Template(self.path, {**self.body, "Parameters": parameters})
+
     def functions(self) -> list[FunctionSpec]:
         return [
             self._function_spec(logical_id, resource)

@@ -54,7 +54,9 @@ def aws_client(service: str) -> Any:
         with _aws_lock:  # boto3 client creation is not thread-safe
             client = _aws_clients.get(service)
             if client is None:
-                client = _aws_clients[service] = _session().client(service, config=_aws_config())
+                client = _aws_clients[service] = _session().client(
+                    service, config=_aws_config(service)
+                )
     return client
 
 
@@ -65,11 +67,14 @@ def _session() -> Any:
     return boto3.session.Session(region_name=get_aws_settings().region)
 
 
-def _aws_config() -> Any:
+def _aws_config(service: str) -> Any:
     from botocore.config import Config
 
     settings = get_aws_settings()
     return Config(
+        # Presigned S3 URLs would otherwise be signed with SigV2 in some regions (deprecated,
+        # and refused by buckets in newer regions).
+        signature_version="s3v4" if service == "s3" else None,
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
         # total_max_attempts counts the first call; botocore's max_attempts would not.

@@ -77,6 +77,7 @@ _AUTHORITY_END = re.compile(r"[/?#]")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 _MESSAGE_MAX = 200
+_Bytes = bytes  # FetchResult.bytes (the size) shadows the type inside that class
 
 # cache: policy -> (the loop the session is bound to, session)
 _sessions: dict[Policy, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = {}
@@ -110,13 +111,18 @@ class FetchResult:
     #: Requests attempted (redirect hops are not attempts); 0 when none was made.
     attempts: int
     error: FetchError | None = None
+    #: The whole body, only with ``FetchOptions(keep_body=True)`` and when read in full.
+    body: _Bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The result as data, without its body."""
+        data = asdict(self)
+        del data["body"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,9 @@ class FetchOptions:
     backoff_cap_s: float = 5.0
     max_redirects: int = 5
     policy: Policy = field(default_factory=Policy)
+    #: Keep each body read in full in :attr:`FetchResult.body` (memory: up to
+    #: ``concurrency`` x ``max_body_bytes`` at once), for a caller that stores them.
+    keep_body: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
@@ -188,6 +197,7 @@ class _Outcome:
     size: int = 0
     sha256: str | None = None
     error: FetchError | None = None
+    body: bytes | None = None
     retry: bool = False
     retry_after_s: float | None = None
 
@@ -290,6 +300,7 @@ class Fetcher:
                 elapsed_ms=(self._clock() - started) * 1000,
                 attempts=attempts,
                 error=outcome.error,
+                body=outcome.body,
             )
 
         parsed, problem = _check(url, options.policy)
@@ -364,8 +375,10 @@ def _host_key(url: str) -> str:
 async def _read(
     response: aiohttp.ClientResponse, final_url: str, options: FetchOptions
 ) -> _Outcome:
-    """Stream the body into a hash, stopping past ``max_body_bytes``."""
+    """Stream the body into a hash (and a buffer, to keep it), stopping past
+    ``max_body_bytes``."""
     digest = hashlib.sha256()
+    kept: list[bytes] | None = [] if options.keep_body else None
     size = 0
     status = response.status
     content_type = response.headers.get("Content-Type")
@@ -378,6 +391,8 @@ async def _read(
                 final_url, status, content_type, size, error=FetchError("too_large", message)
             )
         digest.update(chunk)
+        if kept is not None:
+            kept.append(chunk)
     verdict = classify(status, response.headers)
     error = None if status < 400 else FetchError("http_status", f"HTTP {status}")
     return _Outcome(
@@ -387,6 +402,7 @@ async def _read(
         size,
         digest.hexdigest(),
         error,
+        None if kept is None else b"".join(kept),
         retry=verdict.verdict is Verdict.RETRY,
         retry_after_s=verdict.retry_after_s,
     )

@@ -6,23 +6,37 @@ consumers (which run them): one item per job, one item per result, in one partit
                             the results of a job list in order)
 
 A job is ``queued`` when created, ``running`` once a consumer took it, then ``succeeded``
-or ``failed`` (final). Progress is set, not added: one consumer runs a job at a time (the
-idempotency guard and the queue see to it) and it knows which results exist, so a
-redelivered part never counts a result twice. Results are written in batches
-(BatchWriteItem), never one request per result.
+or ``failed`` (final).
+
+Two ways to progress:
+
+- **Results** (fetch jobs): progress is set, not added: one consumer runs a job at a time
+  (the idempotency guard and the queue see to it) and it knows which results exist, so a
+  redelivered part never counts a result twice. Results are written in batches
+  (BatchWriteItem), never one request per result.
+- **Folds** (compute jobs, whose chunks run in many invocations at once): each chunk's
+  partial result is folded into the job's accumulator (``acc``, JSON text: integers of any
+  size survive, where a DynamoDB number keeps 38 digits) by :meth:`JobStore.fold`, an
+  optimistic read-reduce-write: the write holds only if ``done`` is still what was read,
+  and the chunk is not in ``chunks_done`` yet, so a redelivered chunk is never counted
+  twice. The fold that completes the last chunk also makes the job ``succeeded`` with its
+  ``result``, in the same write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from lambdaloop.errors import ConditionFailed, DependencyUnavailable
 from lambdaloop.store import Item, Key, Page, Table, utc_timestamp
 
-__all__ = ["FINAL", "STATUSES", "JobStore", "public"]
+__all__ = ["FINAL", "STATUSES", "JobStore", "folded", "public"]
 
 STATUSES = ("queued", "running", "succeeded", "failed")
 FINAL = frozenset({"succeeded", "failed"})
@@ -45,16 +59,30 @@ def _result_sk(index: int) -> str:
 
 
 def public(meta: Item) -> dict[str, Any]:
-    """The job as the API shows it (without its params or keys)."""
+    """The job as the API shows it (without its params or keys); ``result`` is the final
+    result of a folded job (None until it has one)."""
     job = {name: meta.get(name) for name in _PUBLIC}
     job["progress"] = {"done": int(meta.get("done", 0)), "total": int(meta.get("total", 0))}
+    job["result"] = json.loads(meta["result"]) if "result" in meta else None
     return job
 
 
+def folded(meta: Item) -> set[int]:
+    """The chunks already folded into the job."""
+    return {int(chunk) for chunk in meta.get("chunks_done", ())}
+
+
 class JobStore:
-    def __init__(self, table: Table, *, retention_s: int = 30 * 86_400) -> None:
+    def __init__(
+        self,
+        table: Table,
+        *,
+        retention_s: int = 30 * 86_400,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
         self.table = table
         self._retention_s = retention_s
+        self._sleep = sleep
 
     async def create(self, job_id: str, type_: str, params: Mapping[str, Any], total: int) -> Item:
         """Write a new ``queued`` job (``ConditionFailed`` if the id is taken); the item."""
@@ -125,6 +153,55 @@ class JobStore:
                 names={"#status": "status"},
                 values={":succeeded": "succeeded", ":failed": "failed"},
             )
+
+    async def fold(
+        self,
+        job_id: str,
+        chunk: int,
+        partial: Any,
+        reduce: Callable[[Any, Any], Any],
+        finish: Callable[[Any], Any],
+        *,
+        max_tries: int = 30,
+    ) -> Item | None:
+        """Fold chunk ``chunk``'s ``partial`` (a JSON value) into the job with ``reduce``;
+        when it is the last chunk, the job ``succeeded`` with ``finish(acc)`` as its result.
+
+        Returns the job after the fold, or as it was when the chunk was folded before or
+        the job is final (nothing changes then); None when the job does not exist. Folds
+        that race are retried (re-read, reduce again) after a short jittered pause, up to
+        ``max_tries`` times; then :class:`ConditionFailed` (the chunk's message returns).
+        """
+        for attempt in range(max_tries):
+            meta = await self.get(job_id, consistent=True)
+            if meta is None or meta["status"] in FINAL:
+                return meta
+            chunks = folded(meta)
+            if chunk in chunks:
+                return meta
+            done = int(meta.get("done", 0))
+            acc = partial if "acc" not in meta else reduce(json.loads(meta["acc"]), partial)
+            changes: dict[str, Any] = {
+                "acc": json.dumps(acc),
+                "done": done + 1,
+                "chunks_done": chunks | {chunk},
+                "status": "running",
+                "updated_at": utc_timestamp(),
+            }
+            if done + 1 >= int(meta["total"]):
+                changes |= {"status": "succeeded", "result": json.dumps(finish(acc))}
+            try:
+                return await self.table.update(
+                    _meta(job_id),
+                    changes,
+                    condition="#done = :done AND #status IN (:queued, :running)",
+                    names={"#done": "done", "#status": "status"},
+                    values={":done": done, ":queued": "queued", ":running": "running"},
+                )
+            except ConditionFailed:
+                # Another chunk folded first: back off a little (full jitter), then again.
+                await self._sleep(random.random() * min(1.0, 0.02 * 2**attempt))
+        raise ConditionFailed(f"job {job_id}: chunk {chunk} lost {max_tries} races to fold")
 
     async def done_indexes(self, job_id: str) -> set[int]:
         """The indexes of the results stored so far (every page, strongly consistent)."""

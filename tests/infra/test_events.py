@@ -12,9 +12,11 @@ import pytest
 from lambdaloop_local.template import load_template
 
 EVENTS = Path(__file__).resolve().parents[2] / "infra" / "events"
-#: SQS events are named sqs-<consumer>-*.json; the rest are HTTP API events.
+#: SQS events are named sqs-<consumer>-*.json, events of a direct invocation (no event
+#: source) invoke-<function>-*.json; the rest are HTTP API events.
 SQS_EVENT_FILES = sorted(EVENTS.glob("sqs-*.json"))
-EVENT_FILES = sorted(set(EVENTS.glob("*.json")) - set(SQS_EVENT_FILES))
+INVOKE_EVENT_FILES = sorted(EVENTS.glob("invoke-*.json"))
+EVENT_FILES = sorted(set(EVENTS.glob("*.json")) - {*SQS_EVENT_FILES, *INVOKE_EVENT_FILES})
 
 
 def _routes() -> set[str]:

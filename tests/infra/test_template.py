@@ -258,6 +258,8 @@ def test_function_environment_resolves_with_local_values(template: Template) -> 
             "NotifyQueue": "http://127.0.0.1:5000/q/notify",
             "JobsTable": "jobs",
             "JobsQueue": "http://127.0.0.1:5000/q/jobs",
+            "JobResultsBucket": "job-results",
+            "ComputeQueue": "http://127.0.0.1:5000/q/compute",
         },
         attributes={"Cache.Endpoint.Address": "127.0.0.1", "Cache.Endpoint.Port": 6379},
         parameters=template.parameter_defaults(),
@@ -271,6 +273,7 @@ def test_function_environment_resolves_with_local_values(template: Template) -> 
     assert environment["REDIS_URL"] == "rediss://127.0.0.1:6379/0"
     assert environment["LAMBDALOOP_STAGE"] == "lambdaloop-local"
     assert environment["POWERTOOLS_LOG_LEVEL"] == "INFO"
+    assert environment["JOBS_RESULTS_BUCKET"] == "job-results"
 
 
 def test_every_function_has_a_log_group_with_retention(template: Template) -> None:
@@ -469,6 +472,8 @@ def test_no_policy_allows_every_action(template: Template) -> None:
     statements = list(_policy_statements(template.resources))
     assert statements
     for statement in statements:
+        if statement.get("Effect") == "Deny":  # denying everything (no TLS, ...) is the point
+            continue
         actions: Any = statement.get("Action", statement.get("NotAction"))
         for action in [actions] if isinstance(actions, str) else actions:
             assert action != "*", statement
@@ -718,3 +723,46 @@ def test_functions_that_call_user_chosen_urls_run_outside_the_vpc(template: Temp
     # In the VPC (no NAT) they could reach only private addresses: the very ones refused.
     for logical_id in ("NotifyFunction", "JobsFunction"):
         assert "VpcConfig" not in template.function(logical_id).properties, logical_id
+
+
+def test_the_results_bucket_is_private_encrypted_tls_only_and_expires(
+    template: Template,
+) -> None:
+    # Given the bucket of job bodies and its policy
+    bucket = template.resources["JobResultsBucket"]["Properties"]
+    policy = template.resources["JobResultsBucketPolicy"]["Properties"]
+    # Then no public access of any kind, objects are encrypted at rest and owned by the bucket
+    assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(bucket["PublicAccessBlockConfiguration"]) == 4
+    encryption = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    # And plain HTTP is refused
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # And bodies expire with the job records
+    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert (rule["Status"], rule["Prefix"]) == ("Enabled", "jobs/")
+    assert rule["ExpirationInDays"] == 30
+
+
+def test_only_the_jobs_function_writes_bodies_and_only_the_api_reads_them(
+    template: Template,
+) -> None:
+    # Given every function's S3 statements
+    def s3_actions(function: str) -> set[str]:
+        policies = template.resources[function]["Properties"].get("Policies", [])
+        actions: set[str] = set()
+        for policy in policies:
+            for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
+                listed = statement["Action"]
+                for action in [listed] if isinstance(listed, str) else listed:
+                    if action.startswith("s3:"):
+                        actions.add(action)
+        return actions
+
+    # Then each has just what it does
+    assert s3_actions("JobsFunction") == {"s3:PutObject"}
+    assert s3_actions("ApiFunction") == {"s3:GetObject"}
+    assert s3_actions("NotifyFunction") == set()

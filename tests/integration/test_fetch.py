@@ -199,6 +199,18 @@ def test_a_body_is_hashed_and_every_field_reported(site: Site) -> None:
     }
 
 
+def test_the_body_is_kept_only_when_asked_and_never_in_the_data(site: Site) -> None:
+    kept = fetch(site, "/ok", keep_body=True)
+    dropped = fetch(site, "/ok")
+    too_large = fetch(site, "/endless", max_body_bytes=100_000, keep_body=True)
+
+    assert kept.body == BODY
+    assert dropped.body is None
+    assert too_large.body is None  # not read in full: nothing to keep
+    assert "body" not in kept.to_dict()
+    assert kept.to_dict() == dropped.to_dict() | {"elapsed_ms": kept.elapsed_ms}
+
+
 def test_5xx_is_retried_with_capped_exponential_backoff_and_full_jitter(site: Site) -> None:
     sleeps = Sleeps()
     result = fetch(site, "/flaky/a/3", sleeps, max_attempts=5, backoff_base_s=0.2)

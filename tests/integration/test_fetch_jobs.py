@@ -5,9 +5,11 @@ to end run does not reach (redelivery, batching, the deadline's hard stop, last 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
@@ -19,7 +21,9 @@ from aiohttp import web
 
 from jobs.runner import JOB_FETCH, FetchJobRunner
 from jobs.settings import JobsSettings
+from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RecordContext
+from lambdaloop.errors import DependencyError
 from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
 from lambdaloop.jobs import JobStore
 from lambdaloop.queue import Envelope, Publisher
@@ -92,9 +96,12 @@ def job_store(stack: LocalStack) -> JobStore:
     return JobStore(Table(stack.resources.refs["JobsTable"], client=stack.aws_client("dynamodb")))
 
 
-def create_job(store: JobStore, urls: list[str], concurrency: int) -> str:
+def create_job(
+    store: JobStore, urls: list[str], concurrency: int, *, store_bodies: bool = False
+) -> str:
     job_id = uuid.uuid4().hex
-    run(store.create(job_id, "fetch", {"urls": urls, "concurrency": concurrency}, len(urls)))
+    params = {"urls": urls, "concurrency": concurrency, "store_bodies": store_bodies}
+    run(store.create(job_id, "fetch", params, len(urls)))
     return job_id
 
 
@@ -153,7 +160,11 @@ def world(stack: LocalStack) -> Iterator[World]:
         response = api.request(
             "POST",
             "/jobs/fetch",
-            json={"urls": [site.url(f"/body/api-{n}") for n in range(3)], "concurrency": 2},
+            json={
+                "urls": [site.url(f"/body/api-{n}") for n in range(3)],
+                "concurrency": 2,
+                "store_bodies": True,
+            },
         )
         assert response.status == 202, response.text
         submitted = response.json["job_id"]
@@ -230,6 +241,14 @@ def test_a_job_submitted_through_the_api_is_run_and_shown_with_its_results(
     assert [r["sha256"] for r in results] == [sha256(f"api-{n}") for n in range(3)]
     assert all(r["error"] is None and r["status"] == 200 for r in results)
     assert len(world.pages) == 2
+    # The job asked for its bodies: each result links its own
+    assert [download(r["body_url"]) for r in results] == [body(f"api-{n}") for n in range(3)]
+
+
+def download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        data: bytes = response.read()
+    return data
 
 
 def test_a_url_repeated_in_a_job_is_fetched_once_and_stored_at_both_indexes(
@@ -324,8 +343,69 @@ def store(local_stack: LocalStack) -> CountingStore:
     return counting
 
 
-def runner(store: JobStore, recorder: Recorder, **overrides: Any) -> FetchJobRunner:
-    return FetchJobRunner(store, recorder, settings(**overrides), policy=Policy.for_user_urls(True))
+def runner(
+    store: JobStore, recorder: Recorder, bodies: Bucket | None = None, **overrides: Any
+) -> FetchJobRunner:
+    return FetchJobRunner(
+        store, recorder, settings(**overrides), policy=Policy.for_user_urls(True), bodies=bodies
+    )
+
+
+@pytest.fixture
+def bucket(local_stack: LocalStack) -> Bucket:
+    name = local_stack.resources.refs["JobResultsBucket"]
+    return Bucket(name, client=local_stack.aws_client("s3"))
+
+
+def stored_keys(stack: LocalStack, bucket: Bucket, job_id: str) -> set[str]:
+    listed = stack.aws_client("s3").list_objects_v2(Bucket=bucket.name, Prefix=f"jobs/{job_id}/")
+    return {item["Key"] for item in listed.get("Contents", [])}
+
+
+def test_bodies_are_stored_once_each_before_the_results_that_name_them(
+    site: Site, store: CountingStore, bucket: Bucket, local_stack: LocalStack
+) -> None:
+    urls = [site.url("/body/a"), site.url("/body/b"), site.url("/body/a"), site.url("/missing")]
+    job_id = create_job(store, urls, concurrency=4, store_bodies=True)
+
+    outcome = run(runner(store, Recorder(), bucket).run_part(job_id, 0, Deadline.never()))
+    results = all_results(store, job_id)
+
+    assert outcome == {"status": "succeeded", "done": 4}
+    assert site.hits == {"/body/a": 1, "/body/b": 1, "/missing": 1}
+    keys = [results[index]["body_key"] for index in range(4)]
+    assert keys[0] == keys[2] == f"jobs/{job_id}/{sha256('a')}"
+    assert keys[1] == f"jobs/{job_id}/{sha256('b')}"
+    assert keys[3] == f"jobs/{job_id}/{hashlib.sha256(b'no').hexdigest()}"  # a 404 has a body
+    assert stored_keys(local_stack, bucket, job_id) == set(keys)
+    assert run(bucket.get(keys[0])) == body("a")
+    assert run(bucket.get(keys[3])) == b"no"
+
+
+def test_a_failed_upload_fails_the_part_and_stores_no_result_naming_a_missing_body(
+    site: Site, store: CountingStore, local_stack: LocalStack
+) -> None:
+    job_id = create_job(store, [site.url("/body/u0"), site.url("/body/u1")], 2, store_bodies=True)
+    missing = Bucket("no-such-bucket", client=local_stack.aws_client("s3"))
+
+    with pytest.raises(DependencyError, match="NoSuchBucket"):
+        run(runner(store, Recorder(), missing).run_part(job_id, 0, Deadline.never()))
+    meta = run(store.get(job_id, consistent=True))
+
+    assert all_results(store, job_id) == {}
+    assert meta is not None
+    assert (meta["status"], meta["done"]) == ("running", 0)
+
+
+def test_a_job_asking_for_bodies_fails_where_there_is_no_bucket(store: CountingStore) -> None:
+    job_id = create_job(store, ["http://127.0.0.1:9/x"], 1, store_bodies=True)
+
+    outcome = run(runner(store, Recorder()).run_part(job_id, 0, Deadline.never()))
+    meta = run(store.get(job_id, consistent=True))
+
+    assert outcome["status"] == "failed"
+    assert meta is not None
+    assert meta["error"] == "invalid job: store_bodies: this stack has no results bucket"
 
 
 def test_a_redelivered_part_fetches_only_the_urls_not_stored_yet(
@@ -449,3 +529,37 @@ def test_a_missing_job_is_dropped_and_a_job_with_bad_params_fails_at_once(
         "failed",
         "invalid job: params.urls: expected a list of strings",
     )
+
+
+class HangingBucket(Bucket):
+    """A bucket whose uploads never finish (until cancelled)."""
+
+    async def put(self, key: str, body: bytes, *, content_type: str | None = None) -> None:
+        await asyncio.Event().wait()
+
+
+def test_uploads_cut_by_the_deadline_leave_their_urls_to_the_next_part(
+    site: Site, store: CountingStore, bucket: Bucket, local_stack: LocalStack
+) -> None:
+    recorder = Recorder()
+    job_id = create_job(store, [site.url("/body/h0"), site.url("/body/h1")], 2, store_bodies=True)
+    hanging = HangingBucket(bucket.name, client=local_stack.aws_client("s3"))
+
+    # The uploads hang until the part's margin is reached (0.2 s in): they are cancelled
+    first = run(
+        runner(store, recorder, hanging, part_margin_s=100.0).run_part(
+            job_id, 0, Deadline.after(100.2)
+        )
+    )
+    stored_after_first = all_results(store, job_id)
+    again = run(runner(store, recorder, bucket).run_part(job_id, 1, Deadline.never()))
+
+    assert first == {"status": "continued", "done": 0}
+    assert stored_after_first == {}
+    assert recorder.published == [(JOB_FETCH, {"job_id": job_id, "part": 1}, f"{job_id}.1")]
+    assert again == {"status": "succeeded", "done": 2}
+    assert site.hits == {"/body/h0": 2, "/body/h1": 2}  # fetched again: their bodies were lost
+    assert stored_keys(local_stack, bucket, job_id) == {
+        f"jobs/{job_id}/{sha256('h0')}",
+        f"jobs/{job_id}/{sha256('h1')}",
+    }

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
 
+from api.errors import BadRequest
+from api.jobs.service import JobsService
 from lambdaloop.jobs import JobStore
-from lambdaloop.queue import Envelope
+from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
 from support import ApiResponse, InProcessApi, in_process_api, run
@@ -112,7 +115,7 @@ def test_the_job_keeps_the_urls_and_the_default_concurrency(
 
     assert created.status == 202, created.text
     assert meta is not None
-    assert meta["params"] == {"urls": URLS[:1], "concurrency": 10}
+    assert meta["params"] == {"urls": URLS[:1], "concurrency": 10, "store_bodies": False}
 
 
 @pytest.mark.parametrize(
@@ -233,3 +236,47 @@ def test_when_the_queue_is_unreachable_the_client_gets_503_and_the_job_says_fail
     assert response.headers["content-type"] == "application/problem+json"
     assert job.status == 200, job.text
     assert (job.json["status"], job.json["error"]) == ("failed", "not queued")
+
+
+def test_a_job_can_keep_bodies_and_each_result_links_its_body(
+    api: InProcessApi, local_stack: LocalStack, store: JobStore
+) -> None:
+    job_id = create_job(api, {"urls": URLS[:2], "store_bodies": True}).json["job_id"]
+    take_message(local_stack, f"{job_id}.0")
+    meta = run(store.get(job_id, consistent=True))
+    # As the jobs function would: the body first, then the result naming it.
+    bucket = local_stack.resources.refs["JobResultsBucket"]
+    key = f"jobs/{job_id}/abc"
+    local_stack.aws_client("s3").put_object(Bucket=bucket, Key=key, Body=b"<html>hi</html>")
+    run(store.start(job_id))
+    run(store.save_results(job_id, [(0, {"url": URLS[0], "body_key": key}), (1, {})], 2))
+
+    results = api.request("GET", f"/jobs/{job_id}").json["result"]["results"]
+    with urllib.request.urlopen(results[0]["body_url"], timeout=5) as download:
+        downloaded = download.read()
+
+    assert meta is not None
+    assert meta["params"]["store_bodies"] is True
+    assert "body_key" not in results[0]
+    assert "X-Amz-Signature=" in results[0]["body_url"]
+    assert downloaded == b"<html>hi</html>"
+    assert "body_url" not in results[1]
+
+
+def test_bodies_are_refused_where_the_stack_has_no_bucket(local_stack: LocalStack) -> None:
+    service = JobsService(
+        JobStore(Table(local_stack.resources.refs["JobsTable"])),
+        Publisher(local_stack.resources.refs["JobsQueue"]),
+        bodies=None,
+    )
+
+    with pytest.raises(BadRequest) as refused:
+        run(service.fetch(URLS, 1, True, None))
+
+    assert refused.value.extensions == {"field": "body.store_bodies"}
+
+
+def test_store_bodies_must_be_a_boolean(api: InProcessApi) -> None:
+    response = create_job(api, {"urls": URLS, "store_bodies": "yes"})
+
+    assert_problem(response, 422, "body.store_bodies")

@@ -263,6 +263,7 @@ def test_the_openapi_document_lists_every_route() -> None:
         "/users/{user_id}/notifications",
         "/notifications/{notification_id}",
         "/jobs/fetch",
+        "/jobs/compute",
         "/jobs/{job_id}",
     }
     assert set(paths["/users/{user_id}"]) == {"get", "put", "patch", "delete"}

@@ -11,6 +11,7 @@ from typing import Any
 
 from jobs.runner import JOB_FETCH, FetchJobRunner
 from jobs.settings import JobsSettings, get_jobs_settings
+from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RetryPolicy, SqsProcessor
 from lambdaloop.idempotency import IdempotencyGuard
 from lambdaloop.jobs import JobStore
@@ -30,6 +31,7 @@ def build_processor(settings: JobsSettings, *, local_mode: bool = False) -> SqsP
         Publisher(settings.queue_url),
         settings,
         policy=Policy.for_user_urls(local_mode),  # users choose the URLs
+        bodies=Bucket(settings.results_bucket) if settings.results_bucket else None,
     )
     return SqsProcessor(
         {JOB_FETCH: runner},

@@ -1,7 +1,8 @@
 """Run one part of a fetch job: fetch the job's URLs not fetched yet, store each result,
 and either finish the job or hand the rest to the next part.
 
-A job is ``{"urls": [...], "concurrency": C}`` (see :class:`lambdaloop.jobs.JobStore`);
+A job is ``{"urls": [...], "concurrency": C, "store_bodies": bool}`` (see
+:class:`lambdaloop.jobs.JobStore`);
 its messages are ``job.fetch`` envelopes ``{"job_id", "part"}`` with the id
 ``<job_id>.<part>`` (the idempotency key: a redelivered part whose run completed is
 replayed, not run again).
@@ -20,6 +21,11 @@ replayed, not run again).
   starts so that a job always progresses. The URLs in flight then finish; any still in
   flight when only ``part_margin_s`` is left are cancelled (the next part fetches them).
   What finished is stored and the next part is published: ``{"status": "continued"}``.
+- **Bodies**, for a job with ``store_bodies``: each body read in full is put in the
+  results bucket under ``jobs/<job_id>/<sha256>`` (content-addressed: a retried or repeated
+  body is one object) before its result, which names it as ``body_key``, is stored; so no
+  result points at a missing object. Uploads run ``upload_concurrency`` at a time while the
+  fetching goes on; one that fails fails the part, and the next part fetches its URL again.
 - **Outcome.** Once every index has a result the job ``succeeded``: a URL's failure (404,
   blocked address, timeout...) is that URL's result, not the job's. Any exception fails the
   record (SQS redelivers it); on the queue's last attempt (``receive_count`` reaching
@@ -38,6 +44,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from jobs.settings import JobsSettings
+from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import ConditionFailed
 from lambdaloop.fetch import MAX_CONCURRENCY, Fetcher, FetchOptions, FetchResult
@@ -83,10 +90,12 @@ class FetchJobRunner:
         settings: JobsSettings,
         *,
         policy: Policy,
+        bodies: Bucket | None = None,
         fetcher: Fetcher | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._jobs = jobs
+        self._bodies = bodies
         self._continuations = continuations
         self._settings = settings
         self._policy = policy
@@ -114,7 +123,9 @@ class FetchJobRunner:
         if job["status"] in FINAL:
             return {"status": job["status"]}
         try:
-            urls, concurrency = _params(job.get("params"))
+            urls, concurrency, store_bodies = _params(job.get("params"))
+            if store_bodies and self._bodies is None:
+                raise InvalidJob("store_bodies: this stack has no results bucket")
         except InvalidJob as exc:
             await self._fail(job_id, f"invalid job: {exc}")
             return {"status": "failed", "error": f"invalid job: {exc}"}
@@ -129,7 +140,8 @@ class FetchJobRunner:
             if index not in done:
                 todo.setdefault(url, []).append(index)
         if todo:
-            await self._fetch(job_id, todo, done, concurrency, deadline)
+            bodies = self._bodies if store_bodies else None
+            await self._fetch(job_id, todo, done, concurrency, bodies=bodies, deadline=deadline)
         if todo:  # stopped for the deadline: the next part fetches the rest
             next_part = part + 1
             await self._continuations.publish(
@@ -153,23 +165,31 @@ class FetchJobRunner:
         todo: dict[str, list[int]],
         done: set[int],
         concurrency: int,
+        *,
+        bodies: Bucket | None,
         deadline: Deadline,
     ) -> None:
         """Fetch the URLs of ``todo`` (removing each as its result is stored in ``done``)."""
         settings = self._settings
+        max_body = settings.fetch_max_body_bytes
         options = FetchOptions(
             concurrency=concurrency,
             connect_timeout_s=settings.fetch_connect_timeout_s,
             total_timeout_s=settings.fetch_timeout_s,
-            max_body_bytes=settings.fetch_max_body_bytes,
+            # Kept bodies wait in memory for their upload: a smaller cap bounds it.
+            max_body_bytes=max_body
+            if bodies is None
+            else min(max_body, settings.stored_body_max_bytes),
             max_attempts=settings.fetch_max_attempts,
             policy=self._policy,
+            keep_body=bodies is not None,
         )
         part = _Part(
             self._jobs,
             job_id,
             todo=todo,
             done=done,
+            bodies=bodies,
             settings=settings,
             deadline=deadline,
             clock=self._clock,
@@ -198,7 +218,10 @@ class FetchJobRunner:
                     # Cancels the generator's fetches; it has finished once this returns.
                     step.cancel()
                     await asyncio.wait({step})
-        await part.flush()
+        try:
+            await part.settle()
+        finally:
+            await part.flush()  # what was stored in full, even when an upload failed
 
     async def _fail(self, job_id: str, reason: str) -> None:
         try:
@@ -220,6 +243,7 @@ class _Part:
         *,
         todo: dict[str, list[int]],
         done: set[int],
+        bodies: Bucket | None,
         settings: JobsSettings,
         deadline: Deadline,
         clock: Callable[[], float],
@@ -228,6 +252,11 @@ class _Part:
         self._job_id = job_id
         self._todo = todo
         self._done = done
+        self._bodies = bodies
+        # Uploads running or failed, with the URL and indexes of their result (done ones
+        # leave): what a failed or cut upload puts back in ``todo``.
+        self._uploads: dict[asyncio.Task[None], tuple[str, list[int]]] = {}
+        self._upload_slots = asyncio.Semaphore(settings.upload_concurrency)
         self._settings = settings
         self._deadline = deadline
         self._clock = clock
@@ -255,20 +284,76 @@ class _Part:
         wait = self._deadline.remaining() - self._settings.part_margin_s
         if self._buffer:
             wait = min(wait, self._oldest + self._settings.flush_interval_s - self._clock())
+        elif self._uploads:  # their results join the buffer when they land
+            wait = min(wait, self._settings.flush_interval_s)
         return None if math.isinf(wait) else max(0.0, wait)
 
     async def take(self, result: FetchResult) -> None:
-        """Buffer the result for every index of its URL; flush when it is time."""
-        now = self._clock()
-        if not self._buffer:
-            self._oldest = now
+        """Buffer the result for every index of its URL (once its body is stored, when it
+        has one to store); flush when it is time."""
+        indexes = self._todo.pop(result.url, [])
         stored = result.to_dict()
-        self._buffer.extend((index, stored) for index in self._todo.pop(result.url, ()))
-        if (
+        if self._bodies is not None and result.body is not None and result.sha256:
+            stored["body_key"] = f"jobs/{self._job_id}/{result.sha256}"
+            # Waiting for a slot holds the stream back: bodies in memory stay bounded.
+            await self._upload_slots.acquire()
+            task = asyncio.create_task(
+                self._upload(self._bodies, result.body, result.content_type, stored, indexes)
+            )
+            self._uploads[task] = (result.url, indexes)
+            task.add_done_callback(self._landed)
+        else:
+            self._buffer_results(indexes, stored)
+        if self._buffer and (
             len(self._buffer) >= self._settings.flush_every
-            or now - self._oldest >= self._settings.flush_interval_s
+            or self._clock() - self._oldest >= self._settings.flush_interval_s
         ):
             await self.flush()
+
+    async def _upload(
+        self,
+        bucket: Bucket,
+        body: bytes,
+        content_type: str | None,
+        stored: dict[str, Any],
+        indexes: list[int],
+    ) -> None:
+        try:
+            await bucket.put(stored["body_key"], body, content_type=content_type)
+        finally:
+            self._upload_slots.release()
+        self._buffer_results(indexes, stored)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            del self._uploads[task]
+
+    def _buffer_results(self, indexes: list[int], stored: dict[str, Any]) -> None:
+        if not self._buffer:
+            self._oldest = self._clock()
+        self._buffer.extend((index, stored) for index in indexes)
+
+    async def settle(self) -> None:
+        """Wait for the uploads still running, up to the part's margin before the deadline,
+        and cancel the rest. The URL of an upload that failed or was cut goes back to
+        ``todo`` (the next part fetches it again); then the first failure is raised."""
+        tasks = list(self._uploads)
+        if not tasks:
+            return
+        left = self._deadline.remaining() - self._settings.part_margin_s
+        await asyncio.wait(tasks, timeout=None if math.isinf(left) else max(0.0, left))
+        for task in tasks:
+            task.cancel()  # no-op for those done
+        failure: BaseException | None = None
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                url, indexes = self._uploads.pop(task)
+                self._todo[url] = indexes
+                if failure is None and not isinstance(outcome, asyncio.CancelledError):
+                    failure = outcome
+        if failure is not None:
+            raise failure
 
     async def flush(self) -> None:
         if not self._buffer:
@@ -292,7 +377,7 @@ def _message(payload: dict[str, Any]) -> tuple[str, int]:
     return job_id, part
 
 
-def _params(params: object) -> tuple[list[str], int]:
+def _params(params: object) -> tuple[list[str], int, bool]:
     if not isinstance(params, dict):
         raise InvalidJob("params: expected an object")
     urls, concurrency = params.get("urls"), params.get("concurrency")
@@ -300,4 +385,7 @@ def _params(params: object) -> tuple[list[str], int]:
         raise InvalidJob("params.urls: expected a list of strings")
     if type(concurrency) is not int or not 1 <= concurrency <= MAX_CONCURRENCY:
         raise InvalidJob(f"params.concurrency: expected an integer from 1 to {MAX_CONCURRENCY}")
-    return urls, concurrency
+    store_bodies = params.get("store_bodies", False)
+    if type(store_bodies) is not bool:
+        raise InvalidJob("params.store_bodies: expected a boolean")
+    return urls, concurrency, store_bodies

@@ -33,6 +33,14 @@ class JobsSettings:
     fetch_max_attempts: int
     #: How long idempotency records live: longer than maxReceiveCount x visibility timeout.
     idempotency_expires_s: int
+    #: The bucket for the bodies of jobs that ask for them (``store_bodies``); None: no
+    #: bucket, such jobs are refused by the API and fail here.
+    results_bucket: str | None = None
+    #: The body cap of a job that stores bodies (they are held in memory until stored:
+    #: up to ``concurrency`` x this at once).
+    stored_body_max_bytes: int = 1024 * 1024
+    #: Bodies uploaded at once (each upload is a boto3 call in the bounded thread pool).
+    upload_concurrency: int = 16
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> JobsSettings:
@@ -56,6 +64,11 @@ class JobsSettings:
             idempotency_expires_s=env.integer(
                 "IDEMPOTENCY_EXPIRES_S", 86_400, minimum=60, maximum=30 * 86_400
             ),
+            results_bucket=env.optional_text("JOBS_RESULTS_BUCKET"),
+            stored_body_max_bytes=env.integer(
+                "JOBS_STORED_BODY_MAX_BYTES", 1024 * 1024, minimum=0, maximum=100 * 1024 * 1024
+            ),
+            upload_concurrency=env.integer("JOBS_UPLOAD_CONCURRENCY", 16, minimum=1, maximum=64),
         )
         env.check()
         return settings

@@ -6,6 +6,7 @@ import functools
 
 from api.jobs.service import JobsService
 from api.settings import get_api_settings
+from lambdaloop.blobs import Bucket
 from lambdaloop.jobs import JobStore
 from lambdaloop.queue import Publisher
 from lambdaloop.store import Table
@@ -27,6 +28,8 @@ def get_jobs_service() -> JobsService:
             retention_s=settings.job_retention_days * 86_400,
         ),
         Publisher(settings.jobs_queue_url),
+        Bucket(settings.jobs_results_bucket) if settings.jobs_results_bucket else None,
+        Publisher(settings.compute_queue_url) if settings.compute_queue_url else None,
     )
 
 

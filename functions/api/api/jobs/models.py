@@ -1,7 +1,7 @@
 """What the Jobs API accepts and returns.
 
 The jobs function (``functions/jobs``) reads a fetch job's params as written here:
-``{"urls": [...], "concurrency": n}``.
+``{"urls": [...], "concurrency": n, "store_bodies": bool}``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "MAX_PAGE",
     "MAX_URL",
     "MAX_URLS",
+    "ComputeRequest",
     "FetchRequest",
     "Job",
     "JobResults",
@@ -60,6 +61,22 @@ class FetchRequest(BaseModel):
     urls: Annotated[list[FetchUrl], Field(min_length=1, max_length=MAX_URLS)]
     #: Requests in flight at once while the job runs.
     concurrency: Annotated[int, Field(strict=True, ge=1, le=MAX_CONCURRENCY)] = DEFAULT_CONCURRENCY
+    #: Keep each body (up to the stack's stored-body cap) in the results bucket; each
+    #: result then has a ``body_url`` to download it.
+    store_bodies: Annotated[bool, Field(strict=True)] = False
+
+
+class ComputeRequest(BaseModel):
+    """A compute job: the kind's params are checked by the kind itself (the service), so
+    each kind's rules live in one place: ``lambdaloop.compute.kinds``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    params: dict[str, Any]
+    #: How many messages (and so invocations at most) the work is spread over; null: the
+    #: kind's default for the params.
+    chunks: Annotated[int, Field(strict=True, ge=1)] | None = None
 
 
 class Queued(BaseModel):
@@ -74,7 +91,8 @@ class Progress(BaseModel):
 
 
 class JobResults(BaseModel):
-    #: Results in item order (each has the ``index`` of its URL in the request).
+    #: Results in item order (each has the ``index`` of its URL in the request, and a
+    #: ``body_url`` valid for 15 minutes when the job stored bodies).
     results: list[dict[str, Any]]
     #: Pass as ``cursor`` for the next page; null on the last page (so far).
     next_cursor: str | None = Field(default=None)
@@ -89,4 +107,5 @@ class Job(BaseModel):
     error: str | None = None
     created_at: str
     updated_at: str
-    result: JobResults
+    #: A fetch job's results (paged); a compute job's result once it succeeded (else null).
+    result: JobResults | Any

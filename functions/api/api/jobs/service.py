@@ -8,45 +8,98 @@ that will never run).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
 
 from api.errors import BadRequest, NotFound
+from lambdaloop.blobs import Bucket
+from lambdaloop.compute.kinds import plan
 from lambdaloop.errors import DependencyError, DependencyUnavailable, PublishError
 from lambdaloop.jobs import JobStore, public
-from lambdaloop.queue import Publisher
+from lambdaloop.queue import Envelope, OutgoingMessage, Publisher
 
-__all__ = ["FETCH", "FETCH_JOB", "JobsService"]
+__all__ = ["COMPUTE", "COMPUTE_JOB", "FETCH", "FETCH_JOB", "JobsService"]
 
 logger = logging.getLogger(__name__)
 
 #: The job type stored, and the envelope type the jobs function handles.
 FETCH_JOB = "fetch"
 FETCH = "job.fetch"
+#: The same for compute jobs: the compute function handles one message per chunk.
+COMPUTE_JOB = "compute"
+COMPUTE = "job.compute"
+#: How long a result's ``body_url`` works.
+BODY_URL_EXPIRES_S = 900
 
 
 class JobsService:
-    def __init__(self, store: JobStore, queue: Publisher) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        queue: Publisher,
+        bodies: Bucket | None = None,
+        compute_queue: Publisher | None = None,
+    ) -> None:
         self.store = store
         self._queue = queue
+        self._bodies = bodies
+        self._compute_queue = compute_queue
 
-    async def fetch(self, urls: list[str], concurrency: int, correlation_id: str | None) -> str:
+    async def fetch(
+        self, urls: list[str], concurrency: int, store_bodies: bool, correlation_id: str | None
+    ) -> str:
         """Queue a job fetching ``urls``; the job's id."""
+        if store_bodies and self._bodies is None:
+            raise BadRequest(
+                "this stack has no results bucket for bodies", field="body.store_bodies"
+            )
         job_id = uuid.uuid4().hex
-        params = {"urls": urls, "concurrency": concurrency}
+        params = {"urls": urls, "concurrency": concurrency, "store_bodies": store_bodies}
         await self.store.create(job_id, FETCH_JOB, params, total=len(urls))
+        part = Envelope(FETCH, f"{job_id}.0", {"job_id": job_id, "part": 0})
+        await self._publish(self._queue, job_id, [part], correlation_id)
+        return job_id
+
+    async def compute(
+        self, kind_name: str, params: dict[str, Any], chunks: int | None, correlation_id: str | None
+    ) -> str:
+        """Queue a compute job, one message per chunk; the job's id. Bad params raise
+        :class:`~lambdaloop.compute.kinds.ParamsError` naming the field."""
+        if self._compute_queue is None:
+            raise BadRequest("this stack has no compute queue", field="body.kind")
+        kind, _, works = plan(kind_name, params, chunks)
+        job_id = uuid.uuid4().hex
+        stored = {"kind": kind.name, "params": params, "chunks": len(works)}
+        await self.store.create(job_id, COMPUTE_JOB, stored, total=len(works))
+        messages = [
+            Envelope(
+                COMPUTE,
+                f"{job_id}.c{chunk}",
+                {"job_id": job_id, "chunk": chunk, "kind": kind.name, "work": part},
+            )
+            for chunk, part in enumerate(works)
+        ]
+        await self._publish(self._compute_queue, job_id, messages, correlation_id)
+        return job_id
+
+    async def _publish(
+        self,
+        queue: Publisher,
+        job_id: str,
+        envelopes: list[Envelope],
+        correlation_id: str | None,
+    ) -> None:
+        """Send the job's first messages; if any is refused, the job says failed (a chunk
+        that was sent finds it final and stops) and the caller gets 503."""
         try:
-            await self._queue.publish(
-                FETCH,
-                {"job_id": job_id, "part": 0},
-                id=f"{job_id}.0",
-                correlation_id=correlation_id,
+            await queue.publish_many(
+                [OutgoingMessage(envelope, correlation_id=correlation_id) for envelope in envelopes]
             )
         except (PublishError, DependencyError) as exc:
             await self._give_up(job_id)
             raise DependencyUnavailable("sqs", f"job not queued: {exc}") from exc
-        return job_id
 
     async def _give_up(self, job_id: str) -> None:
         try:
@@ -63,13 +116,22 @@ class JobsService:
         meta = await self.store.get(job_id, consistent=True)
         if meta is None:
             raise NotFound(f"Job {job_id} does not exist")
-        results, last = await self.store.results(job_id, limit, after)
         job = public(meta)
+        if meta["type"] != FETCH_JOB:
+            return job  # a folded job: its result is one value
+        results, last = await self.store.results(job_id, limit, after)
+        if self._bodies is not None:
+            await asyncio.gather(*(self._link_body(result) for result in results))
         job["result"] = {
             "results": results,
             "next_cursor": None if last is None else str(last),
         }
         return job
+
+    async def _link_body(self, result: dict[str, Any]) -> None:
+        key = result.pop("body_key", None)
+        if isinstance(key, str) and self._bodies is not None:
+            result["body_url"] = await self._bodies.presigned_get(key, BODY_URL_EXPIRES_S)
 
 
 def _decode_cursor(cursor: str) -> int:

@@ -1,0 +1,1 @@
+"""The compute function: CPU chunks of compute jobs, in a process pool."""

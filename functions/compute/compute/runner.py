@@ -1,0 +1,126 @@
+"""Run one chunk of a compute job and fold its partial result into the job.
+
+A compute job (see :mod:`lambdaloop.compute.kinds`) is split by the API into chunks, one
+``job.compute`` message each: ``{"job_id", "chunk", "kind", "work"}`` with the id
+``<job_id>.c<chunk>``. Many invocations run a job's chunks at once (the event source's
+MaximumConcurrency is the fan-out width).
+
+- **In the pool.** The chunk's work is split again, once per worker of the environment's
+  process pool, and the parts' partials reduced: a chunk uses every vCPU the function has
+  (one per 1,769 MB). The pool's per-task timeout is the time left before the deadline's
+  margin, so a chunk that cannot finish is given up (its worker replaced) and reported.
+- **Folded once.** The partial is folded into the job by :meth:`JobStore.fold`, which
+  refuses a chunk folded before: a redelivered chunk is never counted twice. A chunk
+  already folded (or of a final job) is not computed again at all.
+- **Failures.** Any exception fails the record: it comes back after a capped, jittered
+  backoff (:class:`~lambdaloop.errors.RetryLater`), not the queue's 12-minute visibility
+  timeout. The queue's last attempt marks the job ``failed`` with the reason and sends the
+  message on to the dead-letter queue at once. A chunk of an unknown kind fails the job at
+  once (no retry could help).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from compute.settings import ComputeSettings
+from lambdaloop.compute.kinds import Kind, ParamsError, get_kind, reduce_partials
+from lambdaloop.compute.pool import ProcessPool
+from lambdaloop.consumer import RecordContext
+from lambdaloop.errors import RetryLater
+from lambdaloop.jobs import FINAL, JobStore, folded
+from lambdaloop.queue import Envelope
+from lambdaloop.runtime import Deadline
+
+__all__ = ["JOB_COMPUTE", "ChunkRunner", "chunk_id", "compute"]
+
+logger = logging.getLogger(__name__)
+
+#: The envelope type of a compute chunk (the API publishes one per chunk).
+JOB_COMPUTE = "job.compute"
+
+
+def chunk_id(job_id: str, chunk: int) -> str:
+    """The envelope id of a job's chunk."""
+    return f"{job_id}.c{chunk}"
+
+
+async def compute(
+    pool: ProcessPool, kind: Kind, work: dict[str, Any], *, deadline: Deadline, margin_s: float
+) -> Any:
+    """``kind.run(work)``, spread over the pool's workers (one part each) and reduced; the
+    parts still running ``margin_s`` before the deadline are given up (TaskTimeout)."""
+    parts = kind.split(work, pool.size) if pool.size > 1 else [work]
+    left = deadline.remaining()
+    timeout = None if math.isinf(left) else max(0.0, left - margin_s)
+    partials = await pool.map(kind.run, parts, chunksize=1, timeout=timeout)
+    return reduce_partials(kind, partials)
+
+
+class ChunkRunner:
+    """The handler of ``job.compute`` messages."""
+
+    def __init__(
+        self, jobs: JobStore, settings: ComputeSettings, pool: Callable[[], ProcessPool]
+    ) -> None:
+        self._jobs = jobs
+        self._settings = settings
+        self._pool = pool
+
+    async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
+        job_id, chunk, kind_name, work = _message(envelope.payload)
+        try:
+            return await self.run_chunk(job_id, chunk, kind_name, work, context.deadline)
+        except Exception as exc:
+            reason = f"chunk {chunk}: {type(exc).__name__}: {exc}"
+            if context.receive_count < self._settings.max_attempts:
+                raise RetryLater(reason) from exc
+            await self._fail(job_id, f"gave up after {context.receive_count} attempts: {reason}")
+            raise RetryLater(reason, delay_s=0) from exc  # on to the dead-letter queue
+
+    async def run_chunk(
+        self, job_id: str, chunk: int, kind_name: str, work: dict[str, Any], deadline: Deadline
+    ) -> dict[str, Any]:
+        """Compute the chunk (unless it was folded already) and fold it into the job."""
+        job = await self._jobs.get(job_id, consistent=True)
+        if job is None:
+            logger.warning("job %s: no record (expired?); chunk %d dropped", job_id, chunk)
+            return {"status": "missing"}
+        if job["status"] in FINAL or chunk in folded(job):
+            return {"status": job["status"], "duplicate": chunk in folded(job)}
+        try:
+            kind = get_kind(kind_name)
+        except ParamsError as exc:
+            await self._fail(job_id, f"chunk {chunk}: {exc}")
+            return {"status": "failed"}
+        partial = await compute(
+            self._pool(), kind, work, deadline=deadline, margin_s=self._settings.margin_s
+        )
+        after = await self._jobs.fold(job_id, chunk, partial, kind.reduce, kind.finish)
+        if after is None:
+            return {"status": "missing"}
+        return {"status": after["status"], "done": int(after["done"]), "total": int(after["total"])}
+
+    async def _fail(self, job_id: str, reason: str) -> None:
+        try:
+            await self._jobs.finish(job_id, "failed", reason[:500])
+        except Exception:
+            # The record fails anyway; the job's error matters more than this one.
+            logger.exception("job %s: could not mark it failed (%s)", job_id, reason)
+        else:
+            logger.warning("job %s failed: %s", job_id, reason)
+
+
+def _message(payload: dict[str, Any]) -> tuple[str, int, str, dict[str, Any]]:
+    job_id, chunk = payload.get("job_id"), payload.get("chunk")
+    kind, work = payload.get("kind"), payload.get("work")
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"payload.job_id: expected a non-empty string, got {job_id!r:.40}")
+    if type(chunk) is not int or chunk < 0:
+        raise ValueError(f"payload.chunk: expected an integer >= 0, got {chunk!r:.40}")
+    if not isinstance(kind, str) or not isinstance(work, dict):
+        raise ValueError("payload.kind and payload.work: expected a string and an object")
+    return job_id, chunk, kind, work
