@@ -287,3 +287,16 @@ def attached_stack(
     )
     attached.start()
     return attached
+
+
+def sha256_chain_reference(seed: str, chains: int, rounds: int) -> list[str]:
+    """What the ``sha256_chain`` compute kind gives, the plain way."""
+    import hashlib
+
+    digests = []
+    for index in range(chains):
+        digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+        for _ in range(rounds):
+            digest = hashlib.sha256(digest).digest()
+        digests.append(digest.hex())
+    return digests

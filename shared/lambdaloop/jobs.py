@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -44,6 +45,9 @@ _META = "META"
 _RESULT = "R#"
 _INDEX_WIDTH = 6
 _PUBLIC = ("id", "type", "status", "created_at", "updated_at", "error")
+_ERROR_MAX = 500
+
+logger = logging.getLogger(__name__)
 
 
 def _pk(job_id: str) -> str:
@@ -153,6 +157,17 @@ class JobStore:
                 names={"#status": "status"},
                 values={":succeeded": "succeeded", ":failed": "failed"},
             )
+
+    async def give_up(self, job_id: str, reason: str) -> None:
+        """Make the job ``failed`` with ``reason`` (cut to 500 characters), from a caller
+        that is failing anyway: if that write fails too, it is logged, not raised (the
+        caller's own error matters more)."""
+        try:
+            await self.finish(job_id, "failed", reason[:_ERROR_MAX])
+        except Exception:
+            logger.exception("job %s: could not mark it failed (%s)", job_id, reason)
+        else:
+            logger.warning("job %s failed: %s", job_id, reason)
 
     async def fold(
         self,

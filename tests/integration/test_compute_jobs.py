@@ -6,7 +6,6 @@ real worker processes, each with its process pool."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 import uuid
@@ -29,7 +28,14 @@ from lambdaloop.runtime import Deadline
 from lambdaloop.store import Item, Table
 from lambdaloop_local.functions import FunctionPool
 from lambdaloop_local.stack import LocalStack
-from support import InProcessApi, attached_stack, in_process_api, run, run_event_source
+from support import (
+    InProcessApi,
+    attached_stack,
+    in_process_api,
+    run,
+    run_event_source,
+    sha256_chain_reference,
+)
 
 EVENTS = Path(__file__).resolve().parents[2] / "infra" / "events"
 #: A failed chunk comes back at once (no backoff), so the poison chunk's 5 attempts are quick.
@@ -44,16 +50,6 @@ def meta_of(store: JobStore, job_id: str) -> Item:
     meta = run(store.get(job_id, consistent=True))
     assert meta is not None
     return meta
-
-
-def chain_reference(seed: str, chains: int, rounds: int) -> list[str]:
-    digests = []
-    for index in range(chains):
-        digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
-        for _ in range(rounds):
-            digest = hashlib.sha256(digest).digest()
-        digests.append(digest.hex())
-    return digests
 
 
 def queue_depth(stack: LocalStack, logical_id: str) -> int:
@@ -168,7 +164,7 @@ def test_a_chain_job_is_parallel_across_chains_and_exact(world: World) -> None:
     meta = world.metas[world.chained]
 
     assert meta["status"] == "succeeded"
-    assert json.loads(meta["result"]) == chain_reference("s", 6, 500)
+    assert json.loads(meta["result"]) == sha256_chain_reference("s", 6, 500)
 
 
 def test_a_poison_chunk_fails_its_job_and_ends_in_the_dead_letter_queue(world: World) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import pickle
@@ -24,6 +23,7 @@ from lambdaloop.compute.kinds import (
 from lambdaloop.compute.kinds import prime_count as prime_count_module
 from lambdaloop.compute.kinds.base import Work, split_range
 from lambdaloop.compute.kinds.prime_count import count_primes
+from support import sha256_chain_reference
 
 SMALL_PARAMS: dict[str, dict[str, Any]] = {
     "sum_of_squares": {"n": 12_345},
@@ -43,16 +43,6 @@ def _primes_below(limit: int) -> list[int]:
             for multiple in range(p * p, limit, p):
                 flags[multiple] = False
     return [p for p in range(limit) if flags[p]]
-
-
-def _sha256_reference(seed: str, chains: int, rounds: int) -> list[str]:
-    digests = []
-    for index in range(chains):
-        digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
-        for _ in range(rounds):
-            digest = hashlib.sha256(digest).digest()
-        digests.append(digest.hex())
-    return digests
 
 
 def _random_work(rng: random.Random, name: str) -> Work:
@@ -222,7 +212,7 @@ def test_prime_squares_are_not_counted() -> None:
 def test_sha256_chain_matches_hashlib(seed: str, chains: int, rounds: int) -> None:
     params = {"seed": seed, "chains": chains, "rounds": rounds}
     kind, work, parts = plan("sha256_chain", params, 4)
-    expected = _sha256_reference(seed, chains, rounds)
+    expected = sha256_chain_reference(seed, chains, rounds)
 
     assert run_local(kind, work) == expected
     assert kind.finish(reduce_partials(kind, (kind.run(p) for p in parts))) == expected

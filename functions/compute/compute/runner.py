@@ -78,7 +78,9 @@ class ChunkRunner:
             reason = f"chunk {chunk}: {type(exc).__name__}: {exc}"
             if context.receive_count < self._settings.max_attempts:
                 raise RetryLater(reason) from exc
-            await self._fail(job_id, f"gave up after {context.receive_count} attempts: {reason}")
+            await self._jobs.give_up(
+                job_id, f"gave up after {context.receive_count} attempts: {reason}"
+            )
             raise RetryLater(reason, delay_s=0) from exc  # on to the dead-letter queue
 
     async def run_chunk(
@@ -94,7 +96,7 @@ class ChunkRunner:
         try:
             kind = get_kind(kind_name)
         except ParamsError as exc:
-            await self._fail(job_id, f"chunk {chunk}: {exc}")
+            await self._jobs.give_up(job_id, f"chunk {chunk}: {exc}")
             return {"status": "failed"}
         partial = await compute(
             self._pool(), kind, work, deadline=deadline, margin_s=self._settings.margin_s
@@ -103,15 +105,6 @@ class ChunkRunner:
         if after is None:
             return {"status": "missing"}
         return {"status": after["status"], "done": int(after["done"]), "total": int(after["total"])}
-
-    async def _fail(self, job_id: str, reason: str) -> None:
-        try:
-            await self._jobs.finish(job_id, "failed", reason[:500])
-        except Exception:
-            # The record fails anyway; the job's error matters more than this one.
-            logger.exception("job %s: could not mark it failed (%s)", job_id, reason)
-        else:
-            logger.warning("job %s failed: %s", job_id, reason)
 
 
 def _message(payload: dict[str, Any]) -> tuple[str, int, str, dict[str, Any]]:

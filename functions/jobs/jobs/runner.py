@@ -108,7 +108,7 @@ class FetchJobRunner:
             return await self.run_part(job_id, part, context.deadline)
         except Exception as exc:
             if context.receive_count >= self._settings.max_attempts:
-                await self._fail(
+                await self._jobs.give_up(
                     job_id,
                     f"gave up after {context.receive_count} attempts: {type(exc).__name__}",
                 )
@@ -127,7 +127,7 @@ class FetchJobRunner:
             if store_bodies and self._bodies is None:
                 raise InvalidJob("store_bodies: this stack has no results bucket")
         except InvalidJob as exc:
-            await self._fail(job_id, f"invalid job: {exc}")
+            await self._jobs.give_up(job_id, f"invalid job: {exc}")
             return {"status": "failed", "error": f"invalid job: {exc}"}
         try:
             await self._jobs.start(job_id)
@@ -222,15 +222,6 @@ class FetchJobRunner:
             await part.settle()
         finally:
             await part.flush()  # what was stored in full, even when an upload failed
-
-    async def _fail(self, job_id: str, reason: str) -> None:
-        try:
-            await self._jobs.finish(job_id, "failed", reason[:500])
-        except Exception:
-            # The record fails anyway; the job's error matters more than this one.
-            logger.exception("job %s: could not mark it failed (%s)", job_id, reason)
-        else:
-            logger.warning("job %s failed: %s", job_id, reason)
 
 
 class _Part:

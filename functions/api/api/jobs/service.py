@@ -9,7 +9,6 @@ that will never run).
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from typing import Any
 
@@ -21,8 +20,6 @@ from lambdaloop.jobs import JobStore, public
 from lambdaloop.queue import Envelope, OutgoingMessage, Publisher
 
 __all__ = ["COMPUTE", "COMPUTE_JOB", "FETCH", "FETCH_JOB", "JobsService"]
-
-logger = logging.getLogger(__name__)
 
 #: The job type stored, and the envelope type the jobs function handles.
 FETCH_JOB = "fetch"
@@ -98,15 +95,9 @@ class JobsService:
                 [OutgoingMessage(envelope, correlation_id=correlation_id) for envelope in envelopes]
             )
         except (PublishError, DependencyError) as exc:
-            await self._give_up(job_id)
+            # The client hears 503 either way.
+            await self.store.give_up(job_id, "not queued")
             raise DependencyUnavailable("sqs", f"job not queued: {exc}") from exc
-
-    async def _give_up(self, job_id: str) -> None:
-        try:
-            await self.store.finish(job_id, "failed", "not queued")
-        except Exception:
-            # The client hears 503 either way; the job stays queued until it expires.
-            logger.exception("job %s: could not mark it failed", job_id)
 
     async def get(self, job_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
         """The job with a page of its results (NotFound for no job; BadRequest for a cursor
