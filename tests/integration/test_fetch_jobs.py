@@ -545,10 +545,11 @@ def test_uploads_cut_by_the_deadline_leave_their_urls_to_the_next_part(
     job_id = create_job(store, [site.url("/body/h0"), site.url("/body/h1")], 2, store_bodies=True)
     hanging = HangingBucket(bucket.name, client=local_stack.aws_client("s3"))
 
-    # The uploads hang until the part's margin is reached (0.2 s in): they are cancelled
+    # The uploads hang until the part's margin is reached (1.5 s in, ample for two loopback
+    # fetches): they are cancelled
     first = run(
         runner(store, recorder, hanging, part_margin_s=100.0).run_part(
-            job_id, 0, Deadline.after(100.2)
+            job_id, 0, Deadline.after(101.5)
         )
     )
     stored_after_first = all_results(store, job_id)
