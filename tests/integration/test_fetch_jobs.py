@@ -23,11 +23,11 @@ from jobs.runner import JOB_FETCH, FetchJobRunner
 from jobs.settings import JobsSettings
 from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RecordContext
-from lambdaloop.errors import DependencyError
+from lambdaloop.errors import DependencyError, DependencyUnavailable
 from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
 from lambdaloop.jobs import JobStore
 from lambdaloop.queue import Envelope, Publisher
-from lambdaloop.runtime import Deadline
+from lambdaloop.runtime import Deadline, get_loop
 from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
@@ -564,3 +564,33 @@ def test_uploads_cut_by_the_deadline_leave_their_urls_to_the_next_part(
         f"jobs/{job_id}/{sha256('h0')}",
         f"jobs/{job_id}/{sha256('h1')}",
     }
+
+
+class FailingStore(CountingStore):
+    """Stores nothing: every batch of results fails."""
+
+    async def save_results(
+        self, job_id: str, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
+    ) -> None:
+        raise DependencyUnavailable("dynamodb", "down")
+
+
+def test_a_part_that_fails_leaves_no_upload_running(
+    site: Site, store: CountingStore, bucket: Bucket, local_stack: LocalStack
+) -> None:
+    # Given a job whose first URL's upload hangs, and whose second URL times out (no body)
+    # half a second later, its result then stored at once into a failing table
+    job_id = create_job(store, [site.url("/body/f0"), site.url("/hang")], 2, store_bodies=True)
+    failing = FailingStore(store.table)
+    failing.calls = []
+    hanging = HangingBucket(bucket.name, client=local_stack.aws_client("s3"))
+
+    with pytest.raises(DependencyUnavailable):
+        run(
+            runner(failing, Recorder(), hanging, flush_every=1, fetch_timeout_s=0.5).run_part(
+                job_id, 0, Deadline.never()
+            )
+        )
+    left = [task for task in asyncio.all_tasks(get_loop()) if not task.done()]
+
+    assert left == []

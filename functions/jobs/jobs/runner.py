@@ -213,6 +213,9 @@ class FetchJobRunner:
                     if result is None:
                         break
                     await part.take(result)
+            except BaseException:
+                await part.abandon()  # the part fails: nothing of it may run on
+                raise
             finally:
                 if step is not None and not step.done():
                     # Cancels the generator's fetches; it has finished once this returns.
@@ -323,6 +326,14 @@ class _Part:
         if not self._buffer:
             self._oldest = self._clock()
         self._buffer.extend((index, stored) for index in indexes)
+
+    async def abandon(self) -> None:
+        """Cancel the uploads and wait for them to unwind (the part is failing: its record
+        comes back, and whatever was not stored is fetched again)."""
+        tasks = list(self._uploads)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def settle(self) -> None:
         """Wait for the uploads still running, up to the part's margin before the deadline,
