@@ -54,6 +54,7 @@ BENCH_ENV = {
     "NOTIFY_QUEUE_URL": "http://127.0.0.1:9/000000000000/bench",
     "JOBS_TABLE": "bench-jobs",
     "JOBS_QUEUE_URL": "http://127.0.0.1:9/000000000000/bench-jobs",
+    "COMPUTE_QUEUE_URL": "http://127.0.0.1:9/000000000000/bench-compute",
     "REDIS_URL": "redis://127.0.0.1:9/0",
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",  # Lambda sets both; boto3 reads this one

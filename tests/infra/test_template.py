@@ -42,6 +42,8 @@ EXPECTED_ENVIRONMENT = {
         "NOTIFY_QUEUE_URL",
         "JOBS_TABLE",
         "JOBS_QUEUE_URL",
+        "COMPUTE_QUEUE_URL",
+        "JOBS_RESULTS_BUCKET",
     },
     "NotifyFunction": {
         "NOTIFICATIONS_TABLE",
@@ -50,7 +52,14 @@ EXPECTED_ENVIRONMENT = {
         "WEBHOOK_SECRET_ID",
         "NOTIFY_MAX_ATTEMPTS",
     },
-    "JobsFunction": {"JOBS_TABLE", "JOBS_QUEUE_URL", "IDEMPOTENCY_TABLE", "JOBS_MAX_ATTEMPTS"},
+    "JobsFunction": {
+        "JOBS_TABLE",
+        "JOBS_QUEUE_URL",
+        "JOBS_RESULTS_BUCKET",
+        "IDEMPOTENCY_TABLE",
+        "JOBS_MAX_ATTEMPTS",
+    },
+    "ComputeFunction": {"JOBS_TABLE", "COMPUTE_QUEUE_URL", "COMPUTE_MAX_ATTEMPTS"},
 }
 POWERTOOLS_ENVIRONMENT = {
     "POWERTOOLS_SERVICE_NAME",

@@ -267,6 +267,7 @@ def test_bodies_are_refused_where_the_stack_has_no_bucket(local_stack: LocalStac
     service = JobsService(
         JobStore(Table(local_stack.resources.refs["JobsTable"])),
         Publisher(local_stack.resources.refs["JobsQueue"]),
+        Publisher(local_stack.resources.refs["ComputeQueue"]),
         bodies=None,
     )
 

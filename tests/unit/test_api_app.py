@@ -41,6 +41,7 @@ SETTINGS = ApiSettings.from_env(
         "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
         "JOBS_TABLE": "jobs",
         "JOBS_QUEUE_URL": "http://sqs.local/jobs",
+        "COMPUTE_QUEUE_URL": "http://sqs.local/compute",
         "LAMBDALOOP_HEALTH_TIMEOUT_S": "0.2",
     }
 )

@@ -24,8 +24,8 @@ class ApiSettings:
     job_retention_days: int
     #: Where fetch jobs with ``store_bodies`` keep bodies; None: such jobs are refused.
     jobs_results_bucket: str | None
-    #: Where compute jobs' chunks go; None: compute jobs are refused.
-    compute_queue_url: str | None
+    #: Where compute jobs' chunks go.
+    compute_queue_url: str
     #: Each dependency check of GET /health gets this long, all of them at once.
     health_timeout_s: float
     max_body_bytes: int
@@ -49,7 +49,7 @@ class ApiSettings:
             jobs_queue_url=env.url("JOBS_QUEUE_URL", ("https", "http")),
             job_retention_days=env.integer("JOB_RETENTION_DAYS", 30, minimum=1, maximum=3650),
             jobs_results_bucket=env.optional_text("JOBS_RESULTS_BUCKET"),
-            compute_queue_url=env.optional_text("COMPUTE_QUEUE_URL"),
+            compute_queue_url=env.url("COMPUTE_QUEUE_URL", ("https", "http")),
             health_timeout_s=env.number("LAMBDALOOP_HEALTH_TIMEOUT_S", 1.0, minimum=0.01),
             max_body_bytes=env.integer("LAMBDALOOP_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             cache_enabled=env.flag("LAMBDALOOP_CACHE_ENABLED", True),

@@ -28,8 +28,8 @@ def get_jobs_service() -> JobsService:
             retention_s=settings.job_retention_days * 86_400,
         ),
         Publisher(settings.jobs_queue_url),
-        Bucket(settings.jobs_results_bucket) if settings.jobs_results_bucket else None,
-        Publisher(settings.compute_queue_url) if settings.compute_queue_url else None,
+        Publisher(settings.compute_queue_url),
+        bodies=Bucket(settings.jobs_results_bucket) if settings.jobs_results_bucket else None,
     )
 
 

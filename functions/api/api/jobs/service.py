@@ -36,8 +36,9 @@ class JobsService:
         self,
         store: JobStore,
         queue: Publisher,
+        compute_queue: Publisher,
+        *,
         bodies: Bucket | None = None,
-        compute_queue: Publisher | None = None,
     ) -> None:
         self.store = store
         self._queue = queue
@@ -64,8 +65,6 @@ class JobsService:
     ) -> str:
         """Queue a compute job, one message per chunk; the job's id. Bad params raise
         :class:`~lambdaloop.compute.kinds.ParamsError` naming the field."""
-        if self._compute_queue is None:
-            raise BadRequest("this stack has no compute queue", field="body.kind")
         kind, _, works = plan(kind_name, params, chunks)
         job_id = uuid.uuid4().hex
         stored = {"kind": kind.name, "params": params, "chunks": len(works)}
