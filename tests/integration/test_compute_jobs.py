@@ -273,10 +273,10 @@ def store(local_stack: LocalStack) -> JobStore:
 
 def test_a_chunk_folded_before_is_not_computed_again(store: JobStore) -> None:
     job_id, works = create_job(store, "sum_of_squares", {"n": 100}, chunks=2)
-    runner = ChunkRunner(store, settings(), lambda: ProcessPool(1))
+    runner = ChunkRunner(store, settings(), ProcessPool(1))
 
     first = deliver(runner, job_id, 0, works[0])
-    again = deliver(ChunkRunner(store, settings(), lambda: NoComputing(1)), job_id, 0, works[0])
+    again = deliver(ChunkRunner(store, settings(), NoComputing(1)), job_id, 0, works[0])
     meta = meta_of(store, job_id)
 
     assert first == {"status": "running", "done": 1, "total": 2}
@@ -308,7 +308,7 @@ def test_a_failing_chunk_is_retried_with_backoff_and_its_last_attempt_fails_the_
     store: JobStore,
 ) -> None:
     job_id, _ = create_job(store, "sum_of_squares", {"n": 100}, chunks=2)
-    runner = ChunkRunner(store, settings(max_attempts=3), lambda: ProcessPool(1))
+    runner = ChunkRunner(store, settings(max_attempts=3), ProcessPool(1))
     bad = {"start": 0, "stop": "ten"}
 
     with pytest.raises(RetryLater) as early:
@@ -327,7 +327,7 @@ def test_a_failing_chunk_is_retried_with_backoff_and_its_last_attempt_fails_the_
 
 def test_a_chunk_of_an_unknown_kind_fails_its_job_at_once(store: JobStore) -> None:
     job_id, _ = create_job(store, "sum_of_squares", {"n": 100}, chunks=1)
-    runner = ChunkRunner(store, settings(), lambda: NoComputing(1))
+    runner = ChunkRunner(store, settings(), NoComputing(1))
 
     outcome = run(runner.run_chunk(job_id, 0, "bogosort", {}, Deadline.never()))
     meta = meta_of(store, job_id)

@@ -232,6 +232,17 @@ def test_the_pool_moves_to_a_new_event_loop_with_the_same_workers(pool: ProcessP
     assert pool.pids == pids
 
 
+def test_the_shared_pool_keeps_the_size_it_was_built_with() -> None:
+    try:
+        first = get_pool(1)
+        assert get_pool(1) is first
+        assert get_pool() is first
+        with pytest.raises(ValueError, match="1 worker"):
+            get_pool(2)
+    finally:
+        pool_module.close()
+
+
 def test_the_shared_pool_is_built_once_until_closed() -> None:
     try:
         first = get_pool()

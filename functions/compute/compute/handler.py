@@ -17,13 +17,12 @@ invocation.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from compute.runner import JOB_COMPUTE, ChunkRunner, compute
 from compute.settings import ComputeSettings, get_compute_settings
 from lambdaloop.compute.kinds import plan
-from lambdaloop.compute.pool import ProcessPool
+from lambdaloop.compute.pool import get_pool
 from lambdaloop.consumer import RecordContext, RetryPolicy, SqsProcessor
 from lambdaloop.jobs import JobStore
 from lambdaloop.observability import get_logger, route_logs
@@ -45,16 +44,12 @@ def build_processor(settings: ComputeSettings, runner: ChunkRunner) -> SqsProces
     )
 
 
-@functools.cache
-def _pool() -> ProcessPool:
-    return ProcessPool(_settings.workers or None)
-
-
 _settings = get_compute_settings()
+_pool = get_pool(_settings.workers or None)
 _runner = ChunkRunner(JobStore(Table(_settings.jobs_table)), _settings, _pool)
 _processor = build_processor(_settings, _runner)
 route_logs("compute")
-get_loop().run_until_complete(_pool().start())
+get_loop().run_until_complete(_pool.start())
 
 
 @get_logger().inject_lambda_context(clear_state=True)
@@ -67,5 +62,5 @@ async def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         envelope = Envelope(JOB_COMPUTE, f"direct-{event['job_id']}", event)
         return await _runner(envelope, RecordContext("direct", 1, {}, deadline))
     kind, work, _ = plan(event.get("kind"), event.get("params"))
-    partial = await compute(_pool(), kind, work, deadline=deadline, margin_s=_settings.margin_s)
+    partial = await compute(_pool, kind, work, deadline=deadline, margin_s=_settings.margin_s)
     return {"kind": kind.name, "result": kind.finish(partial)}

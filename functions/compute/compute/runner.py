@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from typing import Any
 
 from compute.settings import ComputeSettings
@@ -63,9 +62,7 @@ async def compute(
 class ChunkRunner:
     """The handler of ``job.compute`` messages."""
 
-    def __init__(
-        self, jobs: JobStore, settings: ComputeSettings, pool: Callable[[], ProcessPool]
-    ) -> None:
+    def __init__(self, jobs: JobStore, settings: ComputeSettings, pool: ProcessPool) -> None:
         self._jobs = jobs
         self._settings = settings
         self._pool = pool
@@ -99,7 +96,7 @@ class ChunkRunner:
             await self._jobs.give_up(job_id, f"chunk {chunk}: {exc}")
             return {"status": "failed"}
         partial = await compute(
-            self._pool(), kind, work, deadline=deadline, margin_s=self._settings.margin_s
+            self._pool, kind, work, deadline=deadline, margin_s=self._settings.margin_s
         )
         after = await self._jobs.fold(job_id, chunk, partial, kind.reduce, kind.finish)
         if after is None:

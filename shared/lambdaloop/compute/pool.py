@@ -667,11 +667,14 @@ _shared: ProcessPool | None = None
 _live: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
 
-def get_pool() -> ProcessPool:
-    """The execution environment's pool, sized to its CPUs, built on first call."""
+def get_pool(workers: int | None = None) -> ProcessPool:
+    """The execution environment's pool, built on first call with ``workers`` (default:
+    the CPUs it may use); a later call asking for another size is a ``ValueError``."""
     global _shared  # noqa: PLW0603 - one pool per execution environment
     if _shared is None:
-        _shared = ProcessPool()
+        _shared = ProcessPool(workers)
+    elif workers is not None and workers != _shared.size:
+        raise ValueError(f"the pool has {_shared.size} worker(s), not {workers}")
     return _shared
 
 
