@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import re
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -468,15 +468,6 @@ def test_http_api_is_throttled(template: Template) -> None:
         assert "DestinationArn" in api["Properties"]["AccessLogSettings"], logical_id
 
 
-def test_api_routes_reach_the_api_function(template: Template) -> None:
-    routes = {
-        (event["Properties"]["Method"], event["Properties"]["Path"])
-        for event in template.function("ApiFunction").events.values()
-        if event["Type"] == "HttpApi"
-    }
-    assert routes == {("GET", "/"), ("ANY", "/{proxy+}")}
-
-
 def test_no_policy_allows_every_action(template: Template) -> None:
     statements = list(_policy_statements(template.resources))
     assert statements
@@ -492,6 +483,484 @@ def test_no_policy_allows_every_action(template: Template) -> None:
             # AWS managed policies by name: these ones grant service:* (or everything).
             if isinstance(policy, str):
                 assert not BROAD_MANAGED_POLICY.search(policy), f"{function.logical_id}: {policy}"
+
+
+# ------------------------------------------------------------------------------- identity, limits
+
+#: Every route of the API function and the one scope it needs (None: public, no token at all).
+#: ANY /{proxy+} needs a token but no scope: it only answers 404/405 for unknown paths.
+ROUTE_SCOPES: dict[str, str | None] = {
+    "GET /": None,
+    "GET /health": None,
+    "GET /docs": None,
+    "GET /docs/oauth2-redirect": None,
+    "GET /openapi.json": None,
+    "GET /users/batch": "lambdaloop/users.read",
+    "GET /users/{user_id}": "lambdaloop/users.read",
+    "POST /users": "lambdaloop/users.write",
+    "POST /users/batch": "lambdaloop/users.write",
+    "PUT /users/{user_id}": "lambdaloop/users.write",
+    "PATCH /users/{user_id}": "lambdaloop/users.write",
+    "DELETE /users/{user_id}": "lambdaloop/users.write",
+    "GET /users/{user_id}/notifications": "lambdaloop/notifications.read",
+    "GET /notifications/{notification_id}": "lambdaloop/notifications.read",
+    "POST /users/{user_id}/notify": "lambdaloop/notifications.write",
+    "GET /jobs/{job_id}": "lambdaloop/jobs.read",
+    "POST /jobs/fetch": "lambdaloop/jobs.write",
+    "POST /jobs/compute": "lambdaloop/jobs.write",
+}
+PROXY_ROUTE = "ANY /{proxy+}"
+PUBLIC_ROUTES = {route for route, scope in ROUTE_SCOPES.items() if scope is None}
+SCOPES = {
+    f"lambdaloop/{family}.{access}"
+    for family in ("users", "notifications", "jobs")
+    for access in ("read", "write")
+}
+COGNITO_RESOURCES = ("UserPool", "UserPoolDomain", "UserPoolResourceServer", "UserPoolClient")
+#: A real stack id's shape: the domain prefix is made of its UUID.
+STACK_ID = (
+    "arn:aws:cloudformation:eu-west-1:123456789012:stack/lambdaloop-prod/"
+    "51af3dc0-da77-11e4-872e-1234567db123"
+)
+#: What a Cognito prefix domain may be (CreateUserPoolDomain), and the words it may not contain.
+COGNITO_DOMAIN_PREFIX = re.compile(r"^[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?$")
+COGNITO_RESERVED_WORDS = ("aws", "amazon", "cognito")
+#: Lambda keeps this much of an account's concurrency unreserved; 1,000 is the usual quota.
+UNRESERVED_MINIMUM, USUAL_ACCOUNT_CONCURRENCY = 100, 1000
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _http_api_events(template: Template) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Route key -> (function, event properties) for every HttpApi event of the template."""
+    events: dict[str, tuple[str, dict[str, Any]]] = {}
+    for function in template.functions():
+        for name, event in function.events.items():
+            if event.get("Type") != "HttpApi":
+                continue
+            properties = event["Properties"]
+            key = f"{properties['Method'].upper()} {properties['Path']}"
+            assert key not in events, f"{function.logical_id}.{name}: {key} twice"
+            events[key] = (function.logical_id, properties)
+    return events
+
+
+def _parameter_values(template: Template, **overrides: str) -> dict[str, str]:
+    """Parameter values as CloudFormation hands them to conditions: strings."""
+    values = {name: str(value) for name, value in template.parameter_defaults().items()}
+    unknown = set(overrides) - set(values)
+    assert not unknown, unknown
+    return {**values, **overrides}
+
+
+def _condition_holds(template: Template, name: str, parameters: dict[str, str]) -> bool:
+    """Evaluates one of the template's Conditions (Equals, Not, And, Or, Condition, Ref)."""
+    functions: dict[str, Callable[[list[Any]], bool]] = {
+        "Fn::Equals": lambda arguments: str(value(arguments[0])) == str(value(arguments[1])),
+        "Fn::Not": lambda arguments: not value(arguments[0]),
+        "Fn::And": lambda arguments: all(value(argument) for argument in arguments),
+        "Fn::Or": lambda arguments: any(value(argument) for argument in arguments),
+    }
+
+    def value(node: Any) -> Any:
+        if isinstance(node, str | int | float | bool):
+            return node
+        ((function, argument),) = node.items()
+        if function == "Ref":
+            return parameters[argument]
+        if function == "Condition":
+            return _condition_holds(template, argument, parameters)
+        if function not in functions:
+            raise AssertionError(f"condition {name}: cannot evaluate {node!r}")
+        return functions[function](argument)
+
+    return bool(value(template.body["Conditions"][name]))
+
+
+def _choose(value: Any, holds: dict[str, bool]) -> Any:
+    """``value`` with every Fn::If replaced by the branch its condition picks."""
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        condition, when_true, when_false = value["Fn::If"]
+        return _choose(when_true if holds[condition] else when_false, holds)
+    if isinstance(value, dict):
+        return {key: _choose(item, holds) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_choose(item, holds) for item in value]
+    return value
+
+
+def _deployed(template: Template, value: Any, **parameters: str) -> Any:
+    """``value`` as CloudFormation would see it with these parameters: conditions evaluated,
+    resources as ``<LogicalId>``, a realistic stack id and region."""
+    values = _parameter_values(template, **parameters)
+    holds = {name: _condition_holds(template, name, values) for name in template.body["Conditions"]}
+    resolver = Resolver(
+        refs={logical_id: f"<{logical_id}>" for logical_id in template.resources},
+        attributes={},
+        parameters=values,
+        pseudo={"AWS::StackId": STACK_ID, "AWS::Region": "eu-west-1", "AWS::StackName": "prod"},
+    )
+    return resolver.resolve(_choose(value, holds))
+
+
+def _unguarded_references(
+    value: Any, conditional: dict[str, str], guards: frozenset[str]
+) -> Iterator[str]:
+    """Conditional resources that ``value`` names outside an Fn::If on their condition."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _unguarded_references(item, conditional, guards)
+        return
+    if not isinstance(value, dict):
+        return
+    named: list[str] = []
+    if set(value) == {"Fn::If"}:
+        condition, when_true, when_false = value["Fn::If"]
+        yield from _unguarded_references(when_true, conditional, guards | {condition})
+        yield from _unguarded_references(when_false, conditional, guards)
+        return
+    if set(value) == {"Ref"} or set(value) == {"Fn::GetAtt"}:
+        named = [str(_ref_target(value))]
+    elif set(value) == {"Fn::Sub"}:
+        argument = value["Fn::Sub"]
+        text, variables = (argument, {}) if isinstance(argument, str) else argument
+        named = [
+            name.split(".", 1)[0]
+            for name in _SUB_VARIABLE.findall(text)
+            if not name.startswith("!") and name not in variables
+        ]
+        yield from _unguarded_references(list(variables.values()), conditional, guards)
+    else:
+        yield from _unguarded_references(list(value.values()), conditional, guards)
+    yield from (name for name in named if name in conditional and conditional[name] not in guards)
+
+
+def test_api_routes_are_exactly_the_app_routes_and_the_proxy(template: Template) -> None:
+    events = _http_api_events(template)
+    # Every route reaches the API function, and no other function takes HTTP requests
+    assert {function for function, _ in events.values()} == {"ApiFunction"}
+    assert set(events) == set(ROUTE_SCOPES) | {PROXY_ROUTE}
+    for route, (_, properties) in events.items():
+        assert properties["ApiId"] == {"Ref": "HttpApi"}, route
+
+
+def test_the_template_routes_every_route_of_the_app() -> None:
+    # A route of the app missing here would fall into ANY /{proxy+}: any token, no scope.
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    from api.app import create_app
+    from api.settings import ApiSettings
+
+    settings = ApiSettings.from_env(
+        {
+            "USERS_TABLE": "users",
+            "NOTIFICATIONS_TABLE": "notifications",
+            "NOTIFY_QUEUE_URL": "http://sqs.local/notify",
+            "JOBS_TABLE": "jobs",
+            "JOBS_QUEUE_URL": "http://sqs.local/jobs",
+            "COMPUTE_QUEUE_URL": "http://sqs.local/compute",
+        }
+    )
+    app_routes = {
+        f"{method} {route.path}"
+        for route in create_app(settings).routes
+        if isinstance(route, APIRoute | Route)
+        for method in route.methods or ()
+        if method not in {"HEAD", "OPTIONS"}
+    }
+    assert app_routes == set(ROUTE_SCOPES)
+
+
+def test_public_routes_carry_no_authorizer(template: Template) -> None:
+    events = _http_api_events(template)
+    for route in PUBLIC_ROUTES:
+        assert events[route][1]["Auth"] == {"Authorizer": "NONE"}, route
+
+
+def test_every_other_route_needs_a_token_and_exactly_its_scope(template: Template) -> None:
+    events = _http_api_events(template)
+    default = template.resources["HttpApi"]["Properties"]["Auth"]["DefaultAuthorizer"]
+    for route, scope in {**ROUTE_SCOPES, PROXY_ROUTE: None}.items():
+        if route in PUBLIC_ROUTES:
+            continue
+        auth = events[route][1].get("Auth") or {}
+        assert auth.get("Authorizer", default) == "JwtAuthorizer", route
+        expected = [scope] if scope else []
+        assert auth.get("AuthorizationScopes", []) == expected, route
+
+
+def test_reads_need_a_read_scope_and_writes_a_write_scope_of_their_family() -> None:
+    for route, scope in ROUTE_SCOPES.items():
+        if scope is None:
+            continue
+        method, path = route.split(" ", 1)
+        family = "notifications" if "/notif" in path else path.split("/")[1]
+        access = "write" if method in WRITE_METHODS else "read"
+        assert scope == f"lambdaloop/{family}.{access}", route
+    assert {scope for scope in ROUTE_SCOPES.values() if scope} == SCOPES
+
+
+def test_the_api_checks_bearer_tokens_by_default(template: Template) -> None:
+    auth = template.resources["HttpApi"]["Properties"]["Auth"]
+    assert auth["DefaultAuthorizer"] == "JwtAuthorizer"
+    (name,) = auth["Authorizers"]
+    authorizer = auth["Authorizers"][name]
+    assert name == "JwtAuthorizer"
+    assert authorizer["IdentitySource"] == "$request.header.Authorization"
+    # SAM passes JwtConfiguration into the OpenAPI document: lower-case keys, nothing else.
+    assert set(authorizer["JwtConfiguration"]) == {"issuer", "audience"}
+
+
+def test_without_an_issuer_the_stack_trusts_its_own_user_pool(template: Template) -> None:
+    configuration = template.resources["HttpApi"]["Properties"]["Auth"]["Authorizers"][
+        "JwtAuthorizer"
+    ]["JwtConfiguration"]
+    # Given the default parameters (no JwtIssuer)
+    deployed = _deployed(template, configuration)
+    # Then the issuer is the pool's and the audience its app client (a Cognito access token
+    # has no aud; API Gateway then checks client_id)
+    assert deployed == {
+        "issuer": "https://cognito-idp.eu-west-1.amazonaws.com/<UserPool>",
+        "audience": ["<UserPoolClient>"],
+    }
+
+
+def test_with_an_issuer_the_stack_trusts_it_and_creates_no_user_pool(template: Template) -> None:
+    configuration = template.resources["HttpApi"]["Properties"]["Auth"]["Authorizers"][
+        "JwtAuthorizer"
+    ]["JwtConfiguration"]
+    # Given an issuer and two audiences
+    parameters = {"JwtIssuer": "https://id.example.com/", "JwtAudience": "api,api-staging"}
+    # When deployed
+    deployed = _deployed(template, configuration, **parameters)
+    values = _parameter_values(template, **parameters)
+    # Then the authorizer uses them, and the Cognito resources are not created
+    assert deployed == {"issuer": "https://id.example.com/", "audience": ["api", "api-staging"]}
+    assert not _condition_holds(template, "CreateUserPool", values)
+    assert _condition_holds(template, "CreateUserPool", _parameter_values(template))
+
+
+def test_further_tenants_app_clients_join_the_audience(template: Template) -> None:
+    configuration = template.resources["HttpApi"]["Properties"]["Auth"]["Authorizers"][
+        "JwtAuthorizer"
+    ]["JwtConfiguration"]
+    # Given the stack's pool and two more app clients (a tenant each)
+    deployed = _deployed(template, configuration, JwtAudience="client2,client3")
+    # Then tokens of all three are accepted
+    assert deployed["audience"] == ["<UserPoolClient>", "client2", "client3"]
+
+
+def test_the_issuer_parameter_takes_only_https_urls(template: Template) -> None:
+    pattern = re.compile(template.body["Parameters"]["JwtIssuer"]["AllowedPattern"])
+    for accepted in ("", "https://id.example.com", "https://cognito-idp.x.amazonaws.com/x_Y"):
+        assert pattern.fullmatch(accepted), accepted
+    for refused in ("http://id.example.com", "id.example.com", "https://x/?q", "https://"):
+        assert not pattern.fullmatch(refused), refused
+
+
+def test_an_issuer_without_audience_is_refused_by_a_rule(template: Template) -> None:
+    rule = template.body["Rules"]["OwnIssuerNeedsAudience"]
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "JwtIssuer"}, ""]}]}
+    (assertion,) = rule["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "JwtAudience"}, ""]}]}
+
+
+def test_the_cognito_resources_exist_only_without_an_issuer(template: Template) -> None:
+    assert template.body["Conditions"]["CreateUserPool"] == {
+        "Fn::Equals": [{"Ref": "JwtIssuer"}, ""]
+    }
+    for logical_id in COGNITO_RESOURCES:
+        assert template.resources[logical_id]["Condition"] == "CreateUserPool", logical_id
+    assert template.resources["UserPool"]["Type"] == "AWS::Cognito::UserPool"
+    # Nobody signs up: tenants are app clients made by the stack's owner
+    pool = template.resources["UserPool"]["Properties"]
+    assert pool["AdminCreateUserConfig"] == {"AllowAdminCreateUserOnly": True}
+
+
+def test_the_resource_server_defines_the_six_scopes(template: Template) -> None:
+    server = template.resources["UserPoolResourceServer"]
+    assert server["Type"] == "AWS::Cognito::UserPoolResourceServer"
+    properties = server["Properties"]
+    assert properties["Identifier"] == "lambdaloop"
+    assert properties["UserPoolId"] == {"Ref": "UserPool"}
+    names = [scope["ScopeName"] for scope in properties["Scopes"]]
+    assert len(names) == len(set(names))
+    assert {f"{properties['Identifier']}/{name}" for name in names} == SCOPES
+
+
+def test_the_app_client_gets_tokens_with_client_credentials_and_every_scope(
+    template: Template,
+) -> None:
+    client = template.resources["UserPoolClient"]
+    assert client["Type"] == "AWS::Cognito::UserPoolClient"
+    # The scopes must exist before a client may ask for them
+    depends_on = client["DependsOn"]
+    assert "UserPoolResourceServer" in ([depends_on] if isinstance(depends_on, str) else depends_on)
+    properties = client["Properties"]
+    assert properties["UserPoolId"] == {"Ref": "UserPool"}
+    assert properties["GenerateSecret"] is True
+    assert properties["AllowedOAuthFlowsUserPoolClient"] is True
+    assert properties["AllowedOAuthFlows"] == ["client_credentials"]
+    assert sorted(properties["AllowedOAuthScopes"]) == sorted(SCOPES)
+
+
+def test_the_user_pool_domain_is_a_valid_unique_prefix(template: Template) -> None:
+    domain = template.resources["UserPoolDomain"]["Properties"]
+    assert domain["UserPoolId"] == {"Ref": "UserPool"}
+    # When deployed in a stack
+    prefix = _deployed(template, domain["Domain"])
+    # Then it is the stack id's UUID (unique), in the shape Cognito accepts
+    assert prefix == "lambdaloop-51af3dc0-da77-11e4-872e-1234567db123"
+    assert COGNITO_DOMAIN_PREFIX.fullmatch(prefix)
+    assert not any(word in prefix for word in COGNITO_RESERVED_WORDS)
+
+
+def test_outputs_tell_how_to_get_a_token(template: Template) -> None:
+    outputs = template.body["Outputs"]
+    domain = _deployed(template, template.resources["UserPoolDomain"]["Properties"]["Domain"])
+    # Given the stack's own user pool / Then its token endpoint, pool and client are outputs
+    assert _deployed(template, outputs["TokenUrl"]["Value"]) == (
+        f"https://{domain}.auth.eu-west-1.amazoncognito.com/oauth2/token"
+    )
+    assert outputs["UserPoolId"]["Value"] == {"Ref": "UserPool"}
+    assert outputs["UserPoolClientId"]["Value"] == {"Ref": "UserPoolClient"}
+    for name in ("TokenUrl", "UserPoolId", "UserPoolClientId"):
+        assert outputs[name]["Condition"] == "CreateUserPool", name
+    # And the issuer follows the authorizer in both cases
+    issuer = outputs["JwtIssuerUrl"]["Value"]
+    assert _deployed(template, issuer) == "https://cognito-idp.eu-west-1.amazonaws.com/<UserPool>"
+    own = {"JwtIssuer": "https://id.example.com", "JwtAudience": "api"}
+    assert _deployed(template, issuer, **own) == "https://id.example.com"
+
+
+def test_conditional_resources_are_named_only_under_their_condition(template: Template) -> None:
+    # CloudFormation refuses a template that refers to a resource that may not exist.
+    conditions = set(template.body["Conditions"])
+    conditional = {
+        logical_id: resource["Condition"]
+        for logical_id, resource in template.resources.items()
+        if "Condition" in resource
+    }
+    assert set(conditional.values()) <= conditions
+    problems = []
+    sections = [("Resources", template.resources), ("Outputs", template.body["Outputs"])]
+    for section, entries in sections:
+        for name, entry in entries.items():
+            assert entry.get("Condition", "CreateUserPool") in conditions, name
+            guards = frozenset({entry["Condition"]} if "Condition" in entry else ())
+            body = {key: value for key, value in entry.items() if key != "Condition"}
+            problems += [
+                f"{section}.{name} -> {target}"
+                for target in _unguarded_references(body, conditional, guards)
+            ]
+    assert problems == []
+
+
+def test_the_condition_guard_check_bites() -> None:
+    # Given an output naming a conditional resource outside an Fn::If on its condition
+    value = {"Fn::Sub": "https://${Pool}/x"}
+    conditional = {"Pool": "MakePool"}
+    # Then it is caught, and the same reference inside the guard is not
+    assert list(_unguarded_references(value, conditional, frozenset())) == ["Pool"]
+    guarded = {"Fn::If": ["MakePool", value, {"Ref": "Other"}]}
+    assert list(_unguarded_references(guarded, conditional, frozenset())) == []
+    wrong_branch = {"Fn::If": ["MakePool", "x", value]}
+    assert list(_unguarded_references(wrong_branch, conditional, frozenset())) == ["Pool"]
+
+
+def test_every_function_reserves_concurrency_from_a_parameter(template: Template) -> None:
+    parameters = template.body["Parameters"]
+    for function in template.functions():
+        # Given the function's reservation: a parameter, or no reservation when it is 0
+        reserved = function.properties["ReservedConcurrentExecutions"]
+        condition, when_set, when_zero = reserved["Fn::If"]
+        parameter = when_set["Ref"]
+        assert parameter == function.logical_id.removesuffix("Function") + "ReservedConcurrency"
+        assert when_zero == {"Ref": "AWS::NoValue"}, function.logical_id
+        assert parameters[parameter]["Type"] == "Number"
+        assert parameters[parameter]["MinValue"] == 0
+        assert int(parameters[parameter]["Default"]) > 0, parameter
+        # Then 0 means no reservation (a reservation of 0 would stop the function)
+        assert not _condition_holds(
+            template, condition, _parameter_values(template, **{parameter: "0"})
+        )
+        assert _condition_holds(template, condition, _parameter_values(template))
+
+
+def test_default_reservations_fit_a_usual_account(template: Template) -> None:
+    defaults = template.parameter_defaults()
+    total = sum(
+        int(defaults[f"{f.logical_id.removesuffix('Function')}ReservedConcurrency"])
+        for f in template.functions()
+    )
+    assert total <= USUAL_ACCOUNT_CONCURRENCY - UNRESERVED_MINIMUM
+
+
+def test_consumers_reserve_at_least_what_their_event_source_may_run(template: Template) -> None:
+    # The event source does not see the reservation: it would take batches the function cannot
+    # run, and their receives count towards the dead-letter queue.
+    defaults = _parameter_values(template)
+    resolver = _placeholder_resolver(template)
+    consumers = list(_sqs_consumers(template))
+    assert {function.logical_id for function, _ in consumers} == {
+        "NotifyFunction",
+        "JobsFunction",
+        "ComputeFunction",
+    }
+    for function, _queue in consumers:
+        (event,) = [e for e in function.events.values() if e.get("Type") == "SQS"]
+        maximum = int(resolver.resolve(event["Properties"]["ScalingConfig"]["MaximumConcurrency"]))
+        reserved = _deployed(template, function.properties["ReservedConcurrentExecutions"])
+        assert int(reserved) >= maximum, function.logical_id
+        assert (
+            int(defaults[function.logical_id.removesuffix("Function") + "ReservedConcurrency"])
+            >= maximum
+        )
+
+
+def test_the_api_function_gets_the_jobs_in_flight_limit(template: Template) -> None:
+    environment = template.function("ApiFunction").environment
+    assert environment["JOBS_IN_FLIGHT_LIMIT"] == {"Fn::Sub": "${JobsInFlightLimit}"}
+    parameter = template.body["Parameters"]["JobsInFlightLimit"]
+    assert (parameter["Type"], int(parameter["Default"]), int(parameter["MinValue"])) == (
+        "Number",
+        10,
+        1,
+    )
+
+
+def test_expensive_writes_have_their_own_throttles(template: Template) -> None:
+    api = template.resources["HttpApi"]["Properties"]
+    settings = api["RouteSettings"]
+    # Every setting names a route of the API (API Gateway refuses a stage whose settings name a
+    # missing route), and every write route has one
+    assert set(settings) <= set(ROUTE_SCOPES)
+    writes = {route for route in ROUTE_SCOPES if route.split(" ")[0] in WRITE_METHODS}
+    assert set(settings) == writes
+    # Jobs from their own parameters
+    for route in ("POST /jobs/fetch", "POST /jobs/compute"):
+        assert settings[route] == {
+            "ThrottlingRateLimit": {"Ref": "ApiJobsRateLimit"},
+            "ThrottlingBurstLimit": {"Ref": "ApiJobsBurstLimit"},
+        }, route
+    for route in writes - {"POST /jobs/fetch", "POST /jobs/compute"}:
+        assert settings[route] == {
+            "ThrottlingRateLimit": {"Ref": "ApiWritesRateLimit"},
+            "ThrottlingBurstLimit": {"Ref": "ApiWritesBurstLimit"},
+        }, route
+    # And, by default, no route may go faster than the stage allows
+    defaults = template.parameter_defaults()
+    stage_rate = int(defaults["ApiThrottlingRateLimit"])
+    stage_burst = int(defaults["ApiThrottlingBurstLimit"])
+    resolver = _placeholder_resolver(template)
+    for route, setting in resolver.resolve(settings).items():
+        assert 0 < int(setting["ThrottlingRateLimit"]) < stage_rate, route
+        assert 0 < int(setting["ThrottlingBurstLimit"]) < stage_burst, route
+        assert int(setting["ThrottlingBurstLimit"]) >= int(setting["ThrottlingRateLimit"]), route
+    jobs = resolver.resolve(settings["POST /jobs/fetch"])
+    assert int(jobs["ThrottlingRateLimit"]) < int(
+        resolver.resolve(settings["POST /users"])["ThrottlingRateLimit"]
+    )
 
 
 # ------------------------------------------------------------------------------- loader
