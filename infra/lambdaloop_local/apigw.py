@@ -4,11 +4,17 @@ Routes come from the template's ``HttpApi`` events. The event has the shape of
 ``sam local generate-event apigateway http-api-proxy``; the function's answer is mapped back
 the way API Gateway maps it (statusCode/headers/cookies/body, base64 when flagged; a result
 without statusCode is a 200 JSON body; a failed invocation is a 500).
+
+A route with a JWT authorizer (the event's ``Auth``, or the API's ``DefaultAuthorizer``) is
+checked before its function is invoked (``lambdaloop_local.auth``): a missing or bad token is
+API Gateway's 401, a token without the route's scopes its 403, and the function never runs;
+an accepted token's claims are in ``requestContext.authorizer.jwt``.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import time
@@ -20,11 +26,20 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from lambdaloop_local.auth import Authorized, JwtAuthorizer, Refusal, RouteAuth, route_auth
 from lambdaloop_local.context import ACCOUNT_ID
 from lambdaloop_local.functions import InvocationError
 from lambdaloop_local.template import Template
 
-__all__ = ["HttpRoute", "build_event", "http_api_routes", "make_app", "match_route"]
+__all__ = [
+    "HttpRoute",
+    "authorize",
+    "build_event",
+    "find_route",
+    "http_api_routes",
+    "make_app",
+    "match_route",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +67,15 @@ class HttpRoute:
     pattern: re.Pattern[str]
     #: How specific the route is: literal segments beat parameters beat a greedy proxy.
     rank: tuple[int, int, int]
+    #: The route's JWT authorizer; None for a public route.
+    auth: RouteAuth | None = None
 
     @classmethod
-    def parse(cls, method: str, path: str, function: str) -> HttpRoute:
+    def parse(
+        cls, method: str, path: str, function: str, auth: RouteAuth | None = None
+    ) -> HttpRoute:
         pattern, rank = _compile(path)
-        return cls(method.upper(), path, function, pattern, rank)
+        return cls(method.upper(), path, function, pattern, rank, auth)
 
     @property
     def route_key(self) -> str:
@@ -88,7 +107,8 @@ def http_api_routes(template: Template) -> list[HttpRoute]:
             properties = event.get("Properties") or {}
             path = properties.get("Path", "/{proxy+}")
             method = str(properties.get("Method", "ANY"))
-            routes.append(HttpRoute.parse(method, path, function.logical_id))
+            auth = route_auth(template, properties)
+            routes.append(HttpRoute.parse(method, path, function.logical_id, auth))
     return sorted(routes, key=lambda r: (r.rank, r.method != "ANY"), reverse=True)
 
 
@@ -102,6 +122,38 @@ def match_route(
         if found:
             return route, found.groupdict()
     return None
+
+
+def find_route(
+    routes: list[HttpRoute], function: str, event: Mapping[str, Any]
+) -> HttpRoute | None:
+    """The route of ``function`` that a payload-2.0 event was sent for: by its ``routeKey``,
+    else (``$default``, or a key the template does not have) by its method and path."""
+    if event.get("version") != "2.0" or not isinstance(event.get("requestContext"), dict):
+        return None
+    own = [route for route in routes if route.function == function]
+    for route in own:
+        if route.route_key == event.get("routeKey"):
+            return route
+    http = event["requestContext"].get("http") or {}
+    found = match_route(own, str(http.get("method", "")), str(event.get("rawPath", "")))
+    return found[0] if found else None
+
+
+def authorize(
+    route: HttpRoute, event: dict[str, Any], authorizer: JwtAuthorizer | None
+) -> Refusal | None:
+    """Run the route's authorizer on ``event``: a refusal, or None after putting the token's
+    claims in ``requestContext.authorizer`` (a public route's event is left as it is)."""
+    if route.auth is None:
+        return None
+    if authorizer is None:  # fail closed: a protected route is never served unchecked
+        raise RuntimeError(f"{route.route_key} has an authorizer, and no JwtAuthorizer is set")
+    decision = authorizer.authorize(route.auth, event)
+    if isinstance(decision, Authorized):
+        event["requestContext"]["authorizer"] = decision.context()
+        return None
+    return decision
 
 
 def _is_text(content_type: str) -> bool:
@@ -171,8 +223,12 @@ def build_event(
     return event
 
 
-def _gateway_error(status: int, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=status)
+def _gateway_error(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    # API Gateway's own answers are compact JSON: {"message":"Not Found"}.
+    body = json.dumps({"message": message}, separators=(",", ":"))
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
 def to_response(result: Any) -> web.Response:
@@ -192,8 +248,13 @@ def to_response(result: Any) -> web.Response:
     return response
 
 
-def make_app(routes: list[HttpRoute], invoke: Invoke) -> web.Application:
-    """An aiohttp app that serves ``routes`` by invoking their functions."""
+def make_app(
+    routes: list[HttpRoute], invoke: Invoke, authorizer: JwtAuthorizer | None = None
+) -> web.Application:
+    """An aiohttp app that serves ``routes`` by invoking their functions; ``authorizer``
+    checks the tokens of the routes that have one (required when a route has one)."""
+    if authorizer is None and (guarded := [r.route_key for r in routes if r.auth]):
+        raise ValueError(f"routes with an authorizer need a JwtAuthorizer: {guarded}")
 
     async def handle(request: web.Request) -> web.StreamResponse:
         found = match_route(routes, request.method, request.path)
@@ -211,6 +272,12 @@ def make_app(routes: list[HttpRoute], invoke: Invoke) -> web.Application:
             body=body,
             source_ip=request.remote or "127.0.0.1",
         )
+        refusal = authorize(route, event, authorizer)
+        if refusal is not None:
+            logger.info(
+                "%s %s: %s %s", request.method, request.path, refusal.status, refusal.reason
+            )
+            return _gateway_error(refusal.status, refusal.message, refusal.headers)
         try:
             result = await invoke(route.function, event)
         except InvocationError as exc:

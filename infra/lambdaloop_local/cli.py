@@ -2,9 +2,11 @@
 
     lambdaloop dev                          the whole bundle on 127.0.0.1 (API on :3000)
     lambdaloop invoke ApiFunction -e ev.json   one invocation, result JSON on stdout
+    lambdaloop token alice                  a bearer token the local API accepts
 
 ``invoke`` attaches to a running ``lambdaloop dev`` (so it sees the same data) and otherwise
-starts a throw-away stack of its own.
+starts a throw-away stack of its own. All three keep their state (the running stack's
+endpoints, the local JWT signing key) in ``.lambdaloop/`` beside the template.
 """
 
 from __future__ import annotations
@@ -19,21 +21,35 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lambdaloop_local.apigw import http_api_routes, make_app
-from lambdaloop_local.functions import InvocationError
-from lambdaloop_local.services import ServiceError
-from lambdaloop_local.stack import LocalStack, StackConfig
-from lambdaloop_local.template import TEMPLATE_PATH, TemplateError
+# What `lambdaloop token` needs, and only that: the stack's modules (moto, fakeredis, aiohttp)
+# cost seconds to import, so `dev` and `invoke` import them when they run.
+from lambdaloop_local.auth import (
+    DEFAULT_TTL_S,
+    LOCAL_AUDIENCE,
+    LOCAL_ISSUER,
+    JwtAuthorizer,
+    SigningKey,
+    template_scopes,
+)
+from lambdaloop_local.template import TEMPLATE_PATH, TemplateError, load_template
+
+if TYPE_CHECKING:
+    from lambdaloop_local.stack import LocalStack
 
 __all__ = ["main"]
 
 logger = logging.getLogger("lambdaloop_local")
 
 
+def _state_dir(template: Path) -> Path:
+    """The stack's state folder: the running dev's endpoints and the local JWT signing key."""
+    return template.parent / ".lambdaloop"
+
+
 def _state_file(template: Path) -> Path:
-    return template.parent / ".lambdaloop" / "dev.json"
+    return _state_dir(template) / "dev.json"
 
 
 def _running_dev(template: Path) -> dict[str, Any] | None:
@@ -49,7 +65,7 @@ def _running_dev(template: Path) -> dict[str, Any] | None:
 @contextlib.contextmanager
 def _state(template: Path, stack: LocalStack, api_url: str) -> Iterator[None]:
     path = _state_file(template)
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     state = {
         "pid": os.getpid(),
         "api": api_url,
@@ -72,6 +88,9 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 async def _dev(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from lambdaloop_local.apigw import http_api_routes, make_app
+    from lambdaloop_local.stack import LocalStack, StackConfig
+
     config = StackConfig(
         template_path=args.template,
         host=args.host,
@@ -88,6 +107,7 @@ async def _dev(args: argparse.Namespace) -> int:
     pollers: list[asyncio.Task[None]] = []
     try:
         routes = http_api_routes(stack.template)
+        authorizer = JwtAuthorizer(SigningKey.load_or_create(_state_dir(args.template)))
         functions = sorted({route.function for route in routes})
         pools = [stack.pool(name, args.concurrency) for name in functions]
         await asyncio.gather(*(pool.warm() for pool in pools))
@@ -97,7 +117,7 @@ async def _dev(args: argparse.Namespace) -> int:
 
         sources = stack.sqs_event_sources()
         pollers = [asyncio.create_task(source.run(stop)) for source in sources]
-        runner = web.AppRunner(make_app(routes, invoke), access_log=None)
+        runner = web.AppRunner(make_app(routes, invoke, authorizer), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         api_url = f"http://{args.host}:{args.port}"
@@ -105,7 +125,15 @@ async def _dev(args: argparse.Namespace) -> int:
             print(f"lambdaloop dev ({args.template.name})", flush=True)
             print(f"  API         {api_url}", flush=True)
             for route in routes:
-                print(f"                {route.route_key:24} -> {route.function}", flush=True)
+                guard = f"  [{route.auth.describe()}]" if route.auth else ""
+                line = f"{route.route_key:34} -> {route.function}{guard}"
+                print(f"                {line}", flush=True)
+            if any(route.auth for route in routes):
+                print(
+                    f"  JWT         issuer {LOCAL_ISSUER}, audience {LOCAL_AUDIENCE}"
+                    " (tokens: lambdaloop token SUBJECT)",
+                    flush=True,
+                )
             print(f"  AWS (moto)  {stack.aws_endpoint}", flush=True)
             print(f"  Redis       {stack.redis_url}  [{stack.redis_kind}]", flush=True)
             for source in sources:
@@ -143,6 +171,9 @@ def _read_env_vars(path: Path | None) -> dict[str, dict[str, str]]:
 
 
 async def _invoke(args: argparse.Namespace) -> int:
+    from lambdaloop_local.functions import InvocationError
+    from lambdaloop_local.stack import LocalStack, StackConfig
+
     event = _read_event(args.event)
     running = _running_dev(args.template)
     if running:
@@ -163,6 +194,10 @@ async def _invoke(args: argparse.Namespace) -> int:
         )
     stack = LocalStack(config)
     stack.template.function(args.function)  # an unknown name fails before anything starts
+    refusal = _authorize_invocation(stack, args, event)
+    if refusal is not None:
+        print(json.dumps(refusal, indent=2))
+        return 1
     with stack:
         try:
             outcome = await stack.pool(args.function).invoke(event)
@@ -172,6 +207,53 @@ async def _invoke(args: argparse.Namespace) -> int:
         finally:
             await stack.aclose_functions()
     print(json.dumps(outcome.result, indent=2))
+    return 0
+
+
+def _authorize_invocation(
+    stack: LocalStack, args: argparse.Namespace, event: Any
+) -> dict[str, Any] | None:
+    """API Gateway's part of an HTTP API event for a route with a JWT authorizer.
+
+    An event that carries a token (its identity source, the ``authorization`` header) is
+    checked as the gateway would check the request: a refusal is printed as the gateway's
+    answer and the function is not invoked; an accepted token's claims replace whatever
+    ``requestContext.authorizer`` the file had. An event without a token is passed as it is,
+    like ``sam local invoke`` does: an event file stands for what the gateway delivered, so
+    its ``requestContext.authorizer.jwt.claims`` (the shipped events carry some) are taken
+    as already verified, and an event without claims reaches the function, which refuses it
+    itself (what a misconfigured route would do in AWS).
+    """
+    from lambdaloop_local.apigw import authorize, find_route, http_api_routes
+
+    if not isinstance(event, dict):
+        return None
+    route = find_route(http_api_routes(stack.template), args.function, event)
+    if route is None or route.auth is None:
+        return None
+    headers = event.get("headers") or {}
+    if not any(str(name).lower() == "authorization" for name in headers):
+        return None
+    authorizer = JwtAuthorizer(SigningKey.load_or_create(_state_dir(args.template)))
+    refusal = authorize(route, event, authorizer)
+    if refusal is None:
+        claims = event["requestContext"]["authorizer"]["jwt"]["claims"]
+        logger.info("the JWT authorizer accepted the token of sub %s", claims.get("sub"))
+        return None
+    logger.error(
+        "the JWT authorizer refused the event (%s); the function was not invoked", refusal.reason
+    )
+    return refusal.as_result()
+
+
+def _token(args: argparse.Namespace) -> int:
+    """``lambdaloop token``: one line, a bearer token the local stack accepts."""
+    if args.ttl <= 0:
+        raise SystemExit("lambdaloop token: --ttl must be a positive number of seconds")
+    template = load_template(args.template)  # also: the state folder is beside a template
+    scopes = args.scope or template_scopes(template)
+    key = SigningKey.load_or_create(_state_dir(args.template))
+    print(key.mint(args.subject, scopes, args.ttl))
     return 0
 
 
@@ -193,6 +275,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument(
         "--concurrency", type=int, default=2, help="execution environments per function"
+    )
+
+    token = commands.add_parser(
+        "token",
+        help="print a bearer token the local stack accepts",
+        description=(
+            f"Prints one line: a JWT signed with the local key (RS256, in .lambdaloop/ beside "
+            f"the template), issuer {LOCAL_ISSUER}, audience {LOCAL_AUDIENCE}, that the local "
+            'API Gateway accepts: curl -H "Authorization: Bearer $(lambdaloop token alice)"'
+        ),
+    )
+    token.add_argument("subject", help="the sub claim: the caller, i.e. the tenant")
+    token.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="a scope to grant (repeat for more; default: every scope of the template's routes)",
+    )
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=DEFAULT_TTL_S,
+        help=f"seconds of validity (default {DEFAULT_TTL_S})",
     )
 
     invoke = commands.add_parser("invoke", help="invoke one function once, like sam local invoke")
@@ -242,10 +348,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args.template = args.template.resolve()
-    command = _dev if args.command == "dev" else _invoke
+    reported: tuple[type[Exception], ...] = (TemplateError,)
+    if args.command != "token":
+        from lambdaloop_local.services import ServiceError
+
+        reported += (ServiceError,)
     try:
-        return asyncio.run(command(args))
-    except (TemplateError, ServiceError) as exc:
+        if args.command == "token":
+            return _token(args)
+        return asyncio.run(_dev(args) if args.command == "dev" else _invoke(args))
+    except reported as exc:
         print(f"lambdaloop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "load_template",
+    "merge_globals",
 ]
 
 TEMPLATE_PATH: Path = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -139,14 +140,14 @@ def _is_intrinsic(value: Any) -> bool:
     return False
 
 
-def _merge_globals(global_value: Any, local_value: Any, key: str = "") -> Any:
+def merge_globals(global_value: Any, local_value: Any, key: str = "") -> Any:
     """SAM's Globals rules: maps merge, lists concatenate, anything else the local value wins."""
     if isinstance(global_value, dict) and isinstance(local_value, dict):
         if _is_intrinsic(global_value) or _is_intrinsic(local_value):
             return local_value
         merged = dict(global_value)
         for name, value in local_value.items():
-            merged[name] = _merge_globals(merged[name], value, name) if name in merged else value
+            merged[name] = merge_globals(merged[name], value, name) if name in merged else value
         return merged
     if isinstance(global_value, list) and isinstance(local_value, list):
         return local_value if key in _REPLACED_LISTS else [*global_value, *local_value]
@@ -226,7 +227,7 @@ class Template:
     def _function_spec(self, logical_id: str, resource: dict[str, Any]) -> FunctionSpec:
         globals_: dict[str, Any] = (self.body.get("Globals") or {}).get("Function") or {}
         properties = cast(
-            "dict[str, Any]", _merge_globals(globals_, resource.get("Properties") or {})
+            "dict[str, Any]", merge_globals(globals_, resource.get("Properties") or {})
         )
 
         def required(name: str) -> str:

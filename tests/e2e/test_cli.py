@@ -1,7 +1,9 @@
-"""The emulator's CLI end to end, as a user runs it: ``lambdaloop dev`` and ``invoke``."""
+"""The emulator's CLI end to end, as a user runs it: ``lambdaloop dev``, ``invoke`` and
+``token``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -19,9 +21,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from lambdaloop_local.auth import KEY_FILE_NAME, LOCAL_AUDIENCE, LOCAL_ISSUER
 from lambdaloop_local.services import free_port
 
 ROOT = Path(__file__).parents[2]
+EVENTS = ROOT / "infra" / "events"
 CLI = [sys.executable, "-m", "lambdaloop_local.cli"]
 #: Bounds on waiting for processes (not timings under test).
 START_TIMEOUT_S = 90
@@ -33,11 +37,39 @@ def _refuses(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+def token(*args: str, template: Path | None = None) -> str:
+    """``lambdaloop token ...``: its one line of output."""
+    options = ["--template", str(template)] if template else []
+    result = subprocess.run(
+        [*CLI, *options, "token", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=True,
+    )
+    assert result.stdout.count("\n") == 1, result.stdout
+    return result.stdout.strip()
+
+
+def template_copy(folder: Path) -> Path:
+    """template.yaml in another folder (so its state folder is that folder's .lambdaloop)."""
+    template = folder / "template.yaml"
+    template.write_text(
+        (ROOT / "template.yaml")
+        .read_text()
+        .replace("CodeUri: functions/", f"CodeUri: {ROOT}/functions/")
+        .replace("ContentUri: shared/", f"ContentUri: {ROOT}/shared/")
+    )
+    return template
+
+
 class DevServer:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, template: Path | None = None) -> None:
         self.port = port
+        options = ["--template", str(template)] if template else []
         self.process = subprocess.Popen(
-            [*CLI, "dev", "--port", str(port), "--aws-port", "0", "--concurrency", "1"],
+            [*CLI, *options, "dev", "--port", str(port), "--aws-port", "0", "--concurrency", "1"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -63,32 +95,50 @@ class DevServer:
             if "Press Ctrl-C" in line:
                 return
 
-    def get(self, path: str) -> tuple[int, Any]:
+    def get(self, path: str, bearer: str | None = None) -> tuple[int, Any]:
+        status, _, body = self.request(path, bearer)
+        return status, body
+
+    def request(self, path: str, bearer: str | None = None) -> tuple[int, Any, Any]:
+        """GET ``path``: the status, headers and JSON body of the answer."""
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        url = f"http://127.0.0.1:{self.port}{path}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
-                return r.status, json.loads(r.read())
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=30
+            ) as r:
+                return r.status, r.headers, json.loads(r.read())
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+            return error.code, error.headers, json.loads(error.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # SIGTERM, so that it stops what it started (SIGKILL would orphan redis-server).
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT_S)
+        self.pump.join(STOP_TIMEOUT_S)  # it ends at EOF, now that the process is gone
+        assert self.process.stdout is not None
+        self.process.stdout.close()
 
 
-@pytest.fixture
-def dev() -> Iterator[DevServer]:
-    server = DevServer(free_port())
+@contextlib.contextmanager
+def running_dev(template: Path | None = None) -> Iterator[DevServer]:
+    server = DevServer(free_port(), template)
     try:
         server.wait_until_ready()
         yield server
     finally:
-        if server.process.poll() is None:
-            # SIGTERM, so that it stops what it started (SIGKILL would orphan redis-server).
-            server.process.terminate()
-            try:
-                server.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait(STOP_TIMEOUT_S)
-        server.pump.join(STOP_TIMEOUT_S)  # it ends at EOF, now that the process is gone
-        assert server.process.stdout is not None
-        server.process.stdout.close()
+        server.stop()
+
+
+@pytest.fixture
+def dev() -> Iterator[DevServer]:
+    with running_dev() as server:
+        yield server
 
 
 def test_dev_serves_the_api_and_stops_cleanly(dev: DevServer) -> None:
@@ -102,9 +152,10 @@ def test_dev_serves_the_api_and_stops_cleanly(dev: DevServer) -> None:
     assert aws_port is not None
     assert any(state["redis_url"] in line for line in dev.banner)
 
-    # When a client asks for the health of the stack
+    # When a client asks for the health of the stack (a public route), and for a path that is
+    # no route of the app (with a token: the gateway refuses anonymous callers)
     status, health = dev.get("/health")
-    missing_status, problem = dev.get("/missing")
+    missing_status, problem = dev.get("/missing", token("alice"))
 
     # Then every dependency is up, and errors are problem+json
     assert status == 200
@@ -194,3 +245,86 @@ def test_invoke_of_an_unknown_function_fails_with_its_name() -> None:
 
     assert result.returncode != 0
     assert "NoSuchFunction" in result.stderr
+
+
+def test_a_token_minted_before_dev_starts_opens_its_api(tmp_path: Path) -> None:
+    # Given tokens minted for a stack that has not run yet (its key is made by the first)
+    template = template_copy(tmp_path)
+    alice = token("alice", template=template)
+    jobs_reader = token(
+        "alice", "--scope", "lambdaloop/jobs.read", "--ttl", "600", template=template
+    )
+    key = tmp_path / ".lambdaloop" / KEY_FILE_NAME
+    assert key.stat().st_mode & 0o777 == 0o600
+
+    # When `lambdaloop dev` runs that template, and callers come with and without them
+    with running_dev(template) as dev:
+        anonymous = dev.request("/users/batch?user_ids=1")
+        authorized = dev.request("/users/batch?user_ids=1", alice)
+        not_scoped = dev.request("/users/1", jobs_reader)
+        public = dev.request("/health")
+
+    # Then the token opens the API; anonymous callers get API Gateway's 401, and a token
+    # without the route's scope its 403, from the gateway itself
+    assert (anonymous[0], anonymous[2]) == (401, {"message": "Unauthorized"})
+    assert anonymous[1]["www-authenticate"] == "Bearer"
+    assert authorized[0] == 200
+    assert (not_scoped[0], not_scoped[2]) == (403, {"message": "Forbidden"})
+    assert public[0] == 200
+    assert any(LOCAL_ISSUER in line and LOCAL_AUDIENCE in line for line in dev.banner)
+
+
+def _invoke(event: dict[str, Any], folder: Path) -> subprocess.CompletedProcess[str]:
+    path = folder / "event.json"
+    path.write_text(json.dumps(event))
+    return subprocess.run(
+        [*CLI, "invoke", "ApiFunction", "-e", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_invoke_checks_the_token_an_event_carries(dev: DevServer, tmp_path: Path) -> None:
+    # Given the GET /users/{user_id} event, carrying a token in its authorization header
+    def carrying(authorization: str) -> dict[str, Any]:
+        event: dict[str, Any] = json.loads((EVENTS / "users-get.json").read_text())
+        event["headers"]["authorization"] = authorization
+        return event
+
+    # When it is invoked with a bad token, a token without the route's scope, and a good one
+    bad = _invoke(carrying("Bearer not-a-token"), tmp_path)
+    unscoped = _invoke(
+        carrying(f"Bearer {token('carol', '--scope', 'lambdaloop/jobs.read')}"), tmp_path
+    )
+    good = _invoke(carrying(f"Bearer {token('carol')}"), tmp_path)
+
+    # Then the refusals are the gateway's answers and the function is not invoked
+    refusal = json.loads(bad.stdout)
+    assert bad.returncode == 1
+    assert (refusal["statusCode"], refusal["body"]) == (401, '{"message":"Unauthorized"}')
+    assert 'error="invalid_token"' in refusal["headers"]["www-authenticate"]
+    assert "not invoked" in bad.stderr
+    assert unscoped.returncode == 1
+    assert json.loads(unscoped.stdout)["statusCode"] == 403
+    # And the good token's claims replace the event's: the function runs as carol
+    assert good.returncode == 0, good.stderr
+    assert "sub carol" in good.stderr
+    assert json.loads(good.stdout)["statusCode"] in (200, 404)
+
+
+def test_invoke_passes_an_events_claims_like_sam_local_invoke(
+    dev: DevServer, tmp_path: Path
+) -> None:
+    # An event file without a token is what the gateway delivered: its claims are used as
+    # they are (the shipped events carry alice's).
+    event: dict[str, Any] = json.loads((EVENTS / "users-get.json").read_text())
+    assert event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] == "alice"
+
+    result = _invoke(event, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["statusCode"] in (200, 404)
+    assert "JWT authorizer" not in result.stderr
