@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: paths, percentiles, a far-off Lambda context."""
+"""What the benchmark scripts share: paths, percentiles, a far-off Lambda context, claims."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lambdaloop_local.context import LocalContext
@@ -46,3 +46,15 @@ def lambda_context(function_name: str, timeout_s: float = 3600.0) -> LocalContex
         aws_request_id=str(uuid.uuid4()),
         deadline_ms=int(time.time() * 1000 + timeout_s * 1000),
     )
+
+
+def with_claims(event: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """``event`` (an HTTP API payload 2.0 event) as API Gateway's JWT authorizer passes it on
+    once it verified a token of ``tenant`` (what tests/support.py's ``with_claims`` does)."""
+    event["requestContext"]["authorizer"] = {
+        "jwt": {
+            "claims": {"sub": tenant, "iss": "https://issuer.bench/", "scope": "all"},
+            "scopes": None,
+        }
+    }
+    return event

@@ -33,6 +33,8 @@ from typing import Any
 from benchkit import ROOT, import_paths, quiet_logs
 
 CHUNKS = 16
+#: The tenant the jobs belong to.
+TENANT = "bench-tenant"
 WIDTHS = (1, 2, 4)
 
 
@@ -43,21 +45,27 @@ def _cores() -> int:
 async def _job_time(stack: Any, n: int, poll_s: float = 0.01) -> float:
     """Seconds from publishing a 16-chunk prime_count job to its success."""
     from lambdaloop.compute.kinds import plan
-    from lambdaloop.jobs import JobStore
+    from lambdaloop.jobs import JobRef, JobStore
     from lambdaloop.queue import Envelope, OutgoingMessage, Publisher
     from lambdaloop.store import Table
 
     store = JobStore(Table(stack.resources.refs["JobsTable"], client=stack.aws_client("dynamodb")))
     queue = Publisher(stack.resources.refs["ComputeQueue"], client=stack.aws_client("sqs"))
     kind, _, works = plan("prime_count", {"n": n}, CHUNKS)
-    job_id = uuid.uuid4().hex
-    await store.create(job_id, "compute", {"kind": kind.name}, total=len(works))
+    job = JobRef(TENANT, uuid.uuid4().hex)
+    await store.create(job, "compute", {"kind": kind.name}, total=len(works))
     messages = [
         OutgoingMessage(
             Envelope(
                 "job.compute",
-                f"{job_id}.c{chunk}",
-                {"job_id": job_id, "chunk": chunk, "kind": kind.name, "work": work},
+                f"{job.id}.c{chunk}",
+                {
+                    "tenant": TENANT,
+                    "job_id": job.id,
+                    "chunk": chunk,
+                    "kind": kind.name,
+                    "work": work,
+                },
             )
         )
         for chunk, work in enumerate(works)
@@ -65,7 +73,7 @@ async def _job_time(stack: Any, n: int, poll_s: float = 0.01) -> float:
     started = time.perf_counter()
     await queue.publish_many(messages)
     while True:
-        meta = await store.get(job_id, consistent=True)
+        meta = await store.get(job, consistent=True)
         if meta is not None and meta["status"] in ("succeeded", "failed"):
             elapsed = time.perf_counter() - started
             if meta["status"] != "succeeded":

@@ -4,8 +4,10 @@ One run starts the local stack (moto in server mode + a real redis-server + the 
 resources), gives this process the API function's environment, builds the real handler
 (``asgi_handler(create_app())``: Mangum, the middleware, the routes, the users service, the
 cache) and creates 100 users through it (``POST /users/batch``, which writes the cache through).
-Every request is an API Gateway HTTP API (v2) event built by the local emulator's own code and
-is timed with ``time.perf_counter`` around the handler call; every answer must be 200.
+Every request is an API Gateway HTTP API (v2) event built by the local emulator's own code,
+carrying the claims API Gateway's JWT authorizer puts there (tenant ``bench-tenant``: the users
+and their cache keys are that tenant's), and is timed with ``time.perf_counter`` around the
+handler call; every answer must be 200.
 
 - (a) ``GET /users/{id}``, a cache hit, against a bare FastAPI + Mangum route returning a user
   dict plus one Redis GET (redis.asyncio, same server): goal p50 <= 1.25 x (bare + GET).
@@ -15,6 +17,16 @@ is timed with ``time.perf_counter`` around the handler call; every answer must b
 - (d) ``GET /users/{id}`` while Redis is down (killed) and the circuit breaker is open, against
   the same handler configured without a cache (``LAMBDALOOP_CACHE_ENABLED=false``): both read
   DynamoDB (moto); goal p50 <= 1.2 x no-cache. Redis is restarted afterwards.
+- (e) ``GET /users/{id}``, a cache hit, with claims and tenancy (this working tree) against the
+  same request without claims through the API function and layer as of commit 00191af, the
+  last without tenancy (``--baseline REV``): goal p50 <= 1.05 x (issue 11). ``git archive``
+  extracts that commit's ``functions/api`` and ``shared`` into a temporary folder, and both
+  trees are byte-compiled. Each side runs in a child process of its own, the same harness for
+  both (``users.py --child CODE [--tenant T]``: that checkout's function and layer alone on
+  ``sys.path``, beside the venv's site-packages and the emulator's event builder) with this
+  process's environment (the API function's, on the same moto and redis-server); each child
+  creates its own 100 users through its own handler (this tree's in tenant ``bench-e``), then
+  times its handler calls itself, a block at a time when this process asks over a pipe.
 
 Beside (a) and (b), a bare route that awaits the same GET or MGET itself (and parses the JSON)
 is shown too: the least a cache-backed route costs. It comes out above the sum of its parts
@@ -27,11 +39,13 @@ blocks (10 rounds, alternating who goes first) after an uncounted warm-up, so ma
 hits them alike. (d) switches configuration between blocks the way the tests do (settings,
 clients and the users service are forgotten, the environment is changed, the breaker is opened
 again by real failing requests) and discards a warm-up after each switch. The handler's own
-stdout (JSON logs, EMF metrics) is captured and shown only when the run fails.
+stdout (JSON logs, EMF metrics) is captured, in the children too, and shown only when the run
+fails.
 
 Run it with ``.venv/bin/python bench/users.py``, from any directory (``--iterations N`` for the
 single-user calls of (a), ``--batch-iterations N`` for the 100-user ones of (b) and (c),
-``--down-iterations N`` for (d), ``--json`` to print the numbers as JSON too).
+``--down-iterations N`` for (d), ``--tenancy-iterations N`` for (e), ``--json`` to print the
+numbers as JSON too).
 """
 
 from __future__ import annotations
@@ -44,14 +58,18 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
-from benchkit import ROOT, import_paths, lambda_context
+from benchkit import ROOT, import_paths, lambda_context, with_claims
 
 if TYPE_CHECKING:
     import asyncio
@@ -66,8 +84,20 @@ API_CODE_URI = ROOT / "functions" / "api"
 GOAL_HIT = 1.25
 GOAL_BATCH = 1.3
 GOAL_DOWN = 1.2
+GOAL_TENANCY = 1.05
+
+#: The last commit without claims and tenancy (issue 11): (e) measures its API function.
+BASELINE = "00191af"
 
 USERS = 100
+#: Users per ``POST /users/batch`` when creating them: moto deep-copies the whole table for
+#: each operation of a transaction, so 100 users at once on a table that already holds the
+#: other sides' users can outlast the API's DynamoDB read timeout (3 s).
+CREATE_BATCH = 10
+#: The caller of every request (the ``sub`` claim API Gateway's JWT authorizer verified).
+TENANT = "bench-tenant"
+#: The tenant of this tree's child in (e): its own users, ids from 1 as in the baseline's.
+CHILD_TENANT = "bench-e"
 BLOCKS = 10
 #: Uncounted calls before the blocks, and after each configuration switch in (d).
 WARMUP = 50
@@ -85,14 +115,18 @@ class BenchError(RuntimeError):
 # ------------------------------------------------------------------------------ events, handlers
 
 
-def api_event(method: str, path: str, *, query: str = "", body: bytes = b"") -> dict[str, Any]:
-    """An API Gateway HTTP API (payload 2.0) event, built by the local emulator's own code."""
+def api_event(
+    method: str, path: str, *, query: str = "", body: bytes = b"", tenant: str | None = TENANT
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event, built by the local emulator's own code,
+    with the claims of ``tenant`` as the gateway's JWT authorizer passes them on (None: no
+    claims, as the API had no authorizer before tenancy)."""
     from lambdaloop_local.apigw import HttpRoute, build_event
 
     headers = {"host": "bench.local", "user-agent": "lambdaloop-bench/1"}
     if body:
         headers["content-type"] = "application/json"
-    return build_event(
+    event = build_event(
         HttpRoute.parse("ANY", "/{proxy+}", "ApiFunction"),
         {"proxy": path.lstrip("/")},
         method=method,
@@ -102,6 +136,7 @@ def api_event(method: str, path: str, *, query: str = "", body: bytes = b"") -> 
         body=body,
         source_ip="127.0.0.1",
     )
+    return event if tenant is None else with_claims(event, tenant)
 
 
 def checked(response: dict[str, Any], expected: int, what: str) -> Any:
@@ -158,6 +193,27 @@ def bare_handler(
     get_loop()  # made current first, so Mangum runs on it
     adapter: Handler = Mangum(app, lifespan="off")
     return adapter
+
+
+def create_users(handler: Handler, context: Any, tenant: str | None) -> dict[int, dict[str, Any]]:
+    """:data:`USERS` new users of ``tenant``, created through ``handler`` (which writes them
+    to the cache), each read back once: a warm-up, and a check of what the cache answers."""
+    tag = uuid.uuid4().hex[:8]
+    users: dict[int, dict[str, Any]] = {}
+    for start in range(0, USERS, CREATE_BATCH):
+        batch = [
+            {"name": f"Bench User {n}", "email": f"bench-{tag}-{n}@example.com"}
+            for n in range(start, min(start + CREATE_BATCH, USERS))
+        ]
+        body = json.dumps({"users": batch}).encode()
+        created = handler(api_event("POST", "/users/batch", body=body, tenant=tenant), context)
+        users |= {u["id"]: u for u in checked(created, 201, "POST /users/batch")["users"]}
+    for user_id, user in users.items():
+        response = handler(api_event("GET", f"/users/{user_id}", tenant=tenant), context)
+        got = checked(response, 200, f"GET /users/{user_id}")
+        if got != user:
+            raise BenchError(f"GET /users/{user_id} answered {got}, created {user}")
+    return users
 
 
 # ------------------------------------------------------------------------------------- samplers
@@ -230,6 +286,182 @@ def interleave(
     return samples
 
 
+# ----------------------------------------------------------- (e): a tree's handler in a child
+
+
+@contextlib.contextmanager
+def baseline_tree(revision: str) -> Iterator[Path]:
+    """The API function and the layer as of ``revision`` (``git archive``), extracted into a
+    temporary folder laid out as the repository is (``functions/api``, ``shared``)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "functions/api", "shared"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {revision}: {archive.stderr.decode().strip()}")
+    with tempfile.TemporaryDirectory(prefix="lambdaloop-baseline-") as folder:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(folder, filter="data")
+        yield Path(folder)
+
+
+def compile_bytecode(*trees: Path) -> None:
+    """Byte-compile each tree's function and layer, so no child compiles what it imports (this
+    step writes the bytecode even where the environment says PYTHONDONTWRITEBYTECODE)."""
+    folders = [str(tree / part) for tree in trees for part in ("functions/api", "shared")]
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *folders],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"compileall {' '.join(folders)}:\n{done.stdout}{done.stderr}")
+
+
+class HandlerChild:
+    """The API handler of the tree at ``code`` in a child process (``users.py --child``), as a
+    :data:`Sampler`: each call asks the child over a pipe for a block of ``n`` cache hits,
+    which it times itself, and returns their durations."""
+
+    def __init__(self, code: Path, tenant: str | None, what: str) -> None:
+        self.what = what
+        # The child's stderr, shown if it fails; closed by close().
+        self.log: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", str(code)]
+        if tenant is not None:
+            command += ["--tenant", tenant]
+        env = {**os.environ, "LAMBDA_TASK_ROOT": str(code / "functions" / "api")}
+        env.pop("PYTHONPATH", None)
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+            text=True,
+        )
+        if self.process.stdin is None or self.process.stdout is None:
+            raise BenchError(f"{what}: the child has no pipes")
+        self.commands, self.replies = self.process.stdin, self.process.stdout
+        try:
+            self._reply()  # ready: the handler built, its users created and read back
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> HandlerChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(self, n: int) -> list[float]:
+        self.commands.write(f"run {n}\n")
+        self.commands.flush()
+        samples: list[float] = self._reply()["samples"]
+        return samples
+
+    def _reply(self) -> dict[str, Any]:
+        line = self.replies.readline()
+        if not line:
+            self.process.wait(10)
+            raise BenchError(
+                f"{self.what}: the child exited ({self.process.returncode}); "
+                f"its stderr:\n{self._stderr()}"
+            )
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise BenchError(
+                f"{self.what}: {reply['error']}\nits handler's last output:\n{reply['output']}"
+                f"\nits stderr:\n{self._stderr()}"
+            )
+        return reply
+
+    def _stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def close(self) -> None:
+        self.commands.close()  # the child ends when its stdin does
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.replies.close()
+        self.log.close()
+
+
+def child_sys_path(code: Path) -> None:
+    """Import the API function and the layer from ``code`` alone: its folders first, the
+    project's copies dropped (the editable install's .pth puts shared/ on the path). The
+    venv's site-packages and the emulator (``infra``: events, contexts) stay."""
+    project = {ROOT / "shared", ROOT / "functions" / "api"}
+    kept = [path for path in sys.path if Path(path or ".").resolve() not in project]
+    sys.path[:] = [
+        str(code / "functions" / "api"),
+        str(code / "shared"),
+        str(ROOT / "infra"),
+        *kept,
+    ]
+
+
+def check_imported_from(code: Path) -> None:
+    import api
+    import lambdaloop
+
+    for module in (api, lambdaloop):
+        origin = Path(module.__file__ or "?").resolve()
+        if not origin.is_relative_to(code.resolve()):
+            raise BenchError(f"{module.__name__} was imported from {origin}, not from {code}")
+
+
+def child_sampler(code: Path, tenant: str | None) -> Sampler:
+    """The tree's handler as (a) builds it, with its own users (of ``tenant``, or without
+    claims), timed on ``GET /users/{id}`` cache hits."""
+    from api.app import create_app
+    from lambdaloop.asgi import asgi_handler
+
+    check_imported_from(code)
+    handler = asgi_handler(create_app())
+    context = lambda_context("ApiFunction")
+    users = create_users(handler, context, tenant)
+    events = [api_event("GET", f"/users/{i}", tenant=tenant) for i in sorted(users)]
+    return handler_sampler(handler, events, context, what=f"GET /users/{{id}} ({code})")
+
+
+def child_main(code: Path, tenant: str | None) -> int:
+    """The child side of (e): build the handler and create the users, answer ``ready``, then
+    time a block for each ``run N`` line on stdin, answering one JSON line each (``samples``,
+    or ``error`` with the handler's last output), until stdin closes."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever writes to fd 1 goes to stderr, not into the replies
+    child_sys_path(code)
+    quiet_logs()
+    captured = io.StringIO()  # the handler's JSON logs and EMF metrics, as in the parent
+
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
+
+    try:
+        with contextlib.redirect_stdout(captured):
+            sample = child_sampler(code, tenant)
+            reply({"ready": True})
+            for line in sys.stdin:
+                command, _, n = line.partition(" ")
+                if command != "run":
+                    raise BenchError(f"unknown command {line!r}")
+                reply({"samples": sample(int(n))})
+    except Exception as exc:
+        reply({"error": f"{type(exc).__name__}: {exc}", "output": captured.getvalue()[-4000:]})
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------------------------- the bench
 
 
@@ -288,40 +520,24 @@ class Bench:
         self.loop = get_loop()
         self.context = lambda_context("ApiFunction")
         self.handler = asgi_handler(create_app())
-        self.users = self._create_users()
+        self.users = create_users(self.handler, self.context, TENANT)
         ids = sorted(self.users)
         self.one_events = [api_event("GET", f"/users/{i}") for i in ids]
         query = "&".join(f"user_ids={i}" for i in ids)
         self.batch_events = [api_event("GET", "/users/batch", query=query)]
-        self.key_of = {i: self._service().cache.key("user", i) for i in ids}
+        self.key_of = {i: self._service().cache.key("user", TENANT, i) for i in ids}
         self.keys = list(self.key_of.values())
         self.redis: redis.asyncio.Redis = self.loop.run_until_complete(self._peer_client())
 
     def _service(self) -> Any:
-        from api.users.dependencies import users_service
+        from api.users.dependencies import get_users_service
 
-        return self.loop.run_until_complete(users_service())
+        return get_users_service()
 
     async def _peer_client(self) -> redis.asyncio.Redis:
         import redis.asyncio
 
         return redis.asyncio.Redis.from_url(self.stack.redis_url)
-
-    def _create_users(self) -> dict[int, dict[str, Any]]:
-        tag = uuid.uuid4().hex[:8]
-        batch = [
-            {"name": f"Bench User {n}", "email": f"bench-{tag}-{n}@example.com"}
-            for n in range(USERS)
-        ]
-        body = json.dumps({"users": batch}).encode()
-        created = self.handler(api_event("POST", "/users/batch", body=body), self.context)
-        users = {u["id"]: u for u in checked(created, 201, "POST /users/batch")["users"]}
-        for user_id, user in users.items():  # warm up and check what the cache answers
-            response = self.handler(api_event("GET", f"/users/{user_id}"), self.context)
-            got = checked(response, 200, f"GET /users/{user_id}")
-            if got != user:
-                raise BenchError(f"GET /users/{user_id} answered {got}, created {user}")
-        return users
 
     def _redis_misses(self) -> int:
         stats = self.loop.run_until_complete(self.redis.info("stats"))
@@ -389,6 +605,24 @@ class Bench:
         )
         if (missed := self._redis_misses() - misses) != 0:
             raise BenchError(f"{missed} Redis read(s) missed: not every read was a cache hit")
+        return samples
+
+    # -- (e): claims and tenancy, against the API function without them, each in a child
+
+    def tenancy_cost(self) -> dict[str, list[float]]:
+        baseline = self.args.baseline
+        with baseline_tree(baseline) as old:
+            compile_bytecode(ROOT, old)
+            with (
+                HandlerChild(ROOT, CHILD_TENANT, "this tree") as ours,
+                HandlerChild(old, None, baseline) as theirs,
+            ):
+                misses = self._redis_misses()
+                samples = interleave(
+                    {"tenancy": ours, "no_tenancy": theirs}, self.args.tenancy_iterations
+                )
+        if (missed := self._redis_misses() - misses) != 0:
+            raise BenchError(f"(e): {missed} Redis read(s) missed: not every read was a hit")
         return samples
 
     # -- (d): Redis down, breaker open, against no cache at all
@@ -493,6 +727,13 @@ def table_rows(stats: dict[str, Stats]) -> list[Row]:
             p50("no_cache"),
             GOAL_DOWN,
         ),
+        Row(
+            "(e) GET /users/{id}, hit, tenancy",
+            "tenancy",
+            "no-tenancy",
+            p50("no_tenancy"),
+            GOAL_TENANCY,
+        ),
     ]
 
 
@@ -506,7 +747,8 @@ def render_table(stats: dict[str, Stats], args: argparse.Namespace, redis_kind: 
     lines = [
         f"users API cache paths (in-process Lambda handler, moto + {redis_kind}; "
         f"python {platform.python_version()}; N={args.iterations} single, "
-        f"{args.batch_iterations} batch, {args.down_iterations} Redis down)",
+        f"{args.batch_iterations} batch, {args.down_iterations} Redis down, "
+        f"{args.tenancy_iterations} tenancy)",
         f"{'path':<36}{'p50 us':>9}{'p99 us':>9}   {'peer p50 us':<20}{'ratio':>7}   goal",
     ]
     for row in table_rows(stats):
@@ -516,11 +758,11 @@ def render_table(stats: dict[str, Stats], args: argparse.Namespace, redis_kind: 
             f"{row.path:<36}{ours.p50_us:>9.1f}{ours.p99_us:>9.1f}   {peer:<20}"
             f"{ratio:>6.2f}x   {goal_text(ratio, row.goal)}"
         )
-    lines.extend(footnotes(stats))
+    lines.extend(footnotes(stats, args.baseline))
     return lines
 
 
-def footnotes(stats: dict[str, Stats]) -> list[str]:
+def footnotes(stats: dict[str, Stats], baseline: str) -> list[str]:
     def us(name: str) -> str:
         return f"{stats[name].p50_us:.1f}/{stats[name].p99_us:.1f}"
 
@@ -536,12 +778,14 @@ def footnotes(stats: dict[str, Stats]) -> list[str]:
         f"peers p50/p99 us: bare GET /users/{{id}} {us('bare_get')}, redis GET {us('redis_get')};",
         f"  bare GET /users/batch {us('bare_batch')}, MGET(100) {us('redis_mget')};",
         f"  no-cache GET /users/{{id}} {us('no_cache')}",
+        f"  (e) {baseline}, no claims {us('no_tenancy')}; each side in a child process of one",
+        f"  harness (this tree's in tenant {CHILD_TENANT}), timed there, on the same moto + Redis",
         "a bare route that awaits the read itself (the peer's redis.asyncio client, from_json):",
         f"  (a) {floor('bare_inline_get', ('bare_get', 'redis_get'), 'lambdaloop_get')}",
         f"  (b) {floor('bare_inline_batch', ('bare_batch', 'redis_mget'), 'lambdaloop_batch')}",
-        "every answer 200; (a)-(c) with 0 Redis misses; (d) with the breaker open throughout and",
-        "DynamoDB on moto (a thread of this process). Redis peers: redis.asyncio awaited on the",
-        f"same loop. {BLOCKS} interleaved blocks per comparison, warm-up discarded.",
+        "every answer 200; (a)-(c) and (e) with 0 Redis misses; (d) with the breaker open",
+        "throughout and DynamoDB on moto (a thread of this process). Redis peers: redis.asyncio",
+        f"awaited on the same loop. {BLOCKS} interleaved blocks per comparison, warm-up discarded.",
     ]
 
 
@@ -554,6 +798,8 @@ def raw_numbers(
         "iterations": args.iterations,
         "batch_iterations": args.batch_iterations,
         "down_iterations": args.down_iterations,
+        "tenancy_iterations": args.tenancy_iterations,
+        "baseline": args.baseline,
         "series": {
             name: {
                 "n": s.n,
@@ -602,7 +848,8 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], str]:
         bench = Bench(stack, args)
         try:
             samples = bench.cache_paths()
-            samples |= bench.redis_down()
+            samples |= bench.tenancy_cost()
+            samples |= bench.redis_down()  # last: it restarts Redis, empty
         finally:
             bench.close()
         return samples, stack.redis_kind
@@ -624,9 +871,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1000,
         help="timed calls per peer with Redis down (1000; each reads DynamoDB)",
     )
+    parser.add_argument(
+        "--tenancy-iterations",
+        type=int,
+        default=4000,
+        help="timed cache hits per side in (e) (4000)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help=f"the commit without tenancy whose API function (e) runs ({BASELINE})",
+    )
     parser.add_argument("--json", action="store_true", help="also print the numbers as JSON")
+    # (e)'s children: users.py --child CODE [--tenant T] serves the handler of the tree CODE.
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tenant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("iterations", "batch_iterations", "down_iterations"):
+    for name in ("iterations", "batch_iterations", "down_iterations", "tenancy_iterations"):
         if getattr(args, name) < BLOCKS * 10:
             parser.error(f"--{name.replace('_', '-')} must be at least {BLOCKS * 10}")
     return args
@@ -634,6 +895,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child is not None:
+        return child_main(args.child, args.tenant)
     import_paths(API_CODE_URI)
     quiet_logs()
     captured = io.StringIO()  # the handler's JSON logs and EMF metrics

@@ -133,8 +133,26 @@ class ApiResponse:
         self.json: Any = json.loads(self.text) if self.text else None
 
 
+#: The tenant (``sub``) of requests that name none.
+TENANT = "tenant-a"
+
+
+def with_claims(event: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """``event`` as API Gateway's JWT authorizer passes it on once it verified a token of
+    ``tenant`` (the claims' shape of a payload 2.0 event)."""
+    event["requestContext"]["authorizer"] = {
+        "jwt": {
+            "claims": {"sub": tenant, "iss": "https://issuer.test/", "scope": "all"},
+            "scopes": None,
+        }
+    }
+    return event
+
+
 class InProcessApi:
-    """Calls a Lambda handler with API Gateway HTTP API events, as the gateway would."""
+    """Calls a Lambda handler with API Gateway HTTP API events, as the gateway would: with
+    the claims of ``tenant`` (:data:`TENANT` unless a request names another; None sends
+    none, as a route without an authorizer would)."""
 
     def __init__(self, handler: Any, timeout_s: float = 10.0) -> None:
         self.handler = handler
@@ -149,6 +167,7 @@ class InProcessApi:
         body: bytes | None = None,
         query: str = "",
         headers: dict[str, str] | None = None,
+        tenant: str | None = TENANT,
     ) -> ApiResponse:
         import json as jsonlib
 
@@ -157,6 +176,8 @@ class InProcessApi:
             body = jsonlib.dumps(json).encode()
             all_headers.setdefault("content-type", "application/json")
         event = http_event(method, path, query=query, headers=all_headers, body=body or b"")
+        if tenant is not None:
+            with_claims(event, tenant)
         return ApiResponse(self.handler(event, lambda_context(self.timeout_s)))
 
 
@@ -171,9 +192,11 @@ CI_REDIS_TIMEOUTS = {
 
 
 @contextlib.contextmanager
-def in_process_api(stack: LocalStack) -> Iterator[InProcessApi]:
+def in_process_api(
+    stack: LocalStack, env_vars: dict[str, str] | None = None
+) -> Iterator[InProcessApi]:
     """The API function's handler in this process, with the function's environment on
-    ``stack`` (and :data:`CI_REDIS_TIMEOUTS`)."""
+    ``stack`` (and :data:`CI_REDIS_TIMEOUTS`, and ``env_vars`` over both)."""
     from api.app import create_app
     from lambdaloop.asgi import asgi_handler
 
@@ -181,6 +204,10 @@ def in_process_api(stack: LocalStack) -> Iterator[InProcessApi]:
         for name, value in {
             **stack.function_environment("ApiFunction"),
             **CI_REDIS_TIMEOUTS,
+            # No consumer runs in this process, so the jobs the suite queues never end: the
+            # per-tenant limit would fill as tests are added (test_tenancy sets its own).
+            "JOBS_IN_FLIGHT_LIMIT": "1000",
+            **(env_vars or {}),
         }.items():
             env.setenv(name, value)
         forget_environment()

@@ -1,12 +1,17 @@
 """Job records in DynamoDB, shared by the API (which creates and shows jobs) and the
-consumers (which run them): one item per job, one item per result, in one partition.
+consumers (which run them): one item per job, one item per result, in one partition inside
+the tenant's (:mod:`lambdaloop.tenancy`). A job is named by a :class:`JobRef`, its tenant
+and id; the messages that run it carry both.
 
-    JOB#<id>  META          the job: type, status, progress (done/total), params, error
-    JOB#<id>  R#<index>     the result of item ``index`` of the job (index zero-padded, so
-                            the results of a job list in order)
+    T#<tenant>#JOB#<id>  META       the job: type, status, progress (done/total), params,
+                                    error; ``active`` (the tenant's partition) until final
+    T#<tenant>#JOB#<id>  R#<index>  the result of item ``index`` of the job (index
+                                    zero-padded, so the results of a job list in order)
 
 A job is ``queued`` when created, ``running`` once a consumer took it, then ``succeeded``
-or ``failed`` (final).
+or ``failed`` (final). The ``in_flight`` index holds the jobs that are not final (``active``
+is removed in the write that makes a job final), so :meth:`JobStore.in_flight` counts a
+tenant's with one query.
 
 Two ways to progress:
 
@@ -32,12 +37,15 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from lambdaloop.errors import ConditionFailed, DependencyUnavailable
 from lambdaloop.store import Item, Key, Page, Table, utc_timestamp
+from lambdaloop.tenancy import MAX_TENANT_LENGTH, partition, scoped
 
-__all__ = ["FINAL", "STATUSES", "JobStore", "folded", "public"]
+__all__ = ["FINAL", "IN_FLIGHT_INDEX", "STATUSES", "JobRef", "JobStore", "folded", "public"]
 
 STATUSES = ("queued", "running", "succeeded", "failed")
 FINAL = frozenset({"succeeded", "failed"})
@@ -46,16 +54,57 @@ _RESULT = "R#"
 _INDEX_WIDTH = 6
 _PUBLIC = ("id", "type", "status", "created_at", "updated_at", "error")
 _ERROR_MAX = 500
+IN_FLIGHT_INDEX = "in_flight"
 
 logger = logging.getLogger(__name__)
 
 
-def _pk(job_id: str) -> str:
-    return f"JOB#{job_id}"
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """A job: its tenant and its id (logs show the id)."""
+
+    tenant: str
+    id: str
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def pk(self) -> str:
+        return scoped(self.tenant, "JOB", self.id)
+
+    def part_id(self, part: int) -> str:
+        """The envelope id (idempotency key, inside the tenant's partition) of a fetch job's
+        part."""
+        return f"{self.pk}.{part}"
+
+    def chunk_id(self, chunk: int) -> str:
+        """The envelope id of a compute job's chunk."""
+        return f"{self.pk}.c{chunk}"
+
+    @property
+    def object_prefix(self) -> str:
+        """Where the job's stored bodies go in the results bucket (under ``jobs/``, which
+        the bucket expires): ``jobs/<tenant>/<id>/``, the tenant percent-encoded."""
+        return f"jobs/{quote(self.tenant, safe='')}/{self.id}/"
+
+    def payload(self) -> dict[str, str]:
+        """What a message about the job carries to name it."""
+        return {"tenant": self.tenant, "job_id": self.id}
+
+    @classmethod
+    def parse(cls, payload: Mapping[str, Any]) -> JobRef:
+        """The job a message names (``ValueError`` naming the field when it names none)."""
+        tenant, job_id = payload.get("tenant"), payload.get("job_id")
+        if not isinstance(tenant, str) or not 0 < len(tenant) <= MAX_TENANT_LENGTH:
+            raise ValueError(f"payload.tenant: expected a tenant, got {tenant!r:.40}")
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError(f"payload.job_id: expected a non-empty string, got {job_id!r:.40}")
+        return cls(tenant, job_id)
 
 
-def _meta(job_id: str) -> Key:
-    return {"pk": _pk(job_id), "sk": _META}
+def _meta(job: JobRef) -> Key:
+    return {"pk": job.pk, "sk": _META}
 
 
 def _result_sk(index: int) -> str:
@@ -88,12 +137,13 @@ class JobStore:
         self._retention_s = retention_s
         self._sleep = sleep
 
-    async def create(self, job_id: str, type_: str, params: Mapping[str, Any], total: int) -> Item:
+    async def create(self, job: JobRef, type_: str, params: Mapping[str, Any], total: int) -> Item:
         """Write a new ``queued`` job (``ConditionFailed`` if the id is taken); the item."""
         now = utc_timestamp()
         item = {
-            **_meta(job_id),
-            "id": job_id,
+            **_meta(job),
+            "id": job.id,
+            "active": partition(job.tenant),
             "type": type_,
             "status": "queued",
             "params": dict(params),
@@ -106,15 +156,27 @@ class JobStore:
         await self.table.create(item)
         return item
 
-    async def get(self, job_id: str, *, consistent: bool = False) -> Item | None:
-        """The job's META item (params included), or None."""
-        return await self.table.get(_meta(job_id), consistent=consistent)
+    async def in_flight(self, tenant: str, limit: int) -> int:
+        """How many of the tenant's jobs are not final, counted up to ``limit`` (the index
+        is eventually consistent: a job that just ended may still count for a moment)."""
+        page = await self.table.query(
+            "#active = :tenant",
+            names={"#active": "active"},
+            values={":tenant": partition(tenant)},
+            index=IN_FLIGHT_INDEX,
+            limit=limit,
+        )
+        return len(page.items)
 
-    async def start(self, job_id: str) -> Item:
+    async def get(self, job: JobRef, *, consistent: bool = False) -> Item | None:
+        """The job's META item (params included), or None."""
+        return await self.table.get(_meta(job), consistent=consistent)
+
+    async def start(self, job: JobRef) -> Item:
         """Mark the job running (again, for a later part); ``ConditionFailed`` when it is
         missing or already final."""
         return await self.table.update(
-            _meta(job_id),
+            _meta(job),
             {"status": "running", "updated_at": utc_timestamp()},
             condition="#status IN (:queued, :running)",
             names={"#status": "status"},
@@ -122,12 +184,12 @@ class JobStore:
         )
 
     async def save_results(
-        self, job_id: str, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
+        self, job: JobRef, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
     ) -> None:
         """Store results (``(index, result)`` pairs, written again harmlessly on a retry)
         and set the progress to ``done``."""
         puts = [
-            {"pk": _pk(job_id), "sk": _result_sk(index), "index": index, **result}
+            {"pk": job.pk, "sk": _result_sk(index), "index": index, **result}
             for index, result in results
         ]
         if puts:
@@ -137,41 +199,41 @@ class JobStore:
                     "dynamodb", f"{len(written.unprocessed_puts)} result(s) not written"
                 )
         await self.table.update(
-            _meta(job_id),
+            _meta(job),
             {"done": done, "updated_at": utc_timestamp()},
             condition="#status = :running",
             names={"#status": "status"},
             values={":running": "running"},
         )
 
-    async def finish(self, job_id: str, status: str, error: str | None = None) -> None:
+    async def finish(self, job: JobRef, status: str, error: str | None = None) -> None:
         """Make the job final (``succeeded`` or ``failed``); a final job stays as it is."""
         if status not in FINAL:
             raise ValueError(f"status must be one of {sorted(FINAL)}, not {status!r}")
         # Already final: a redelivered last part, or a job failed meanwhile; it stays.
         with contextlib.suppress(ConditionFailed):
             await self.table.update(
-                _meta(job_id),
-                {"status": status, "error": error, "updated_at": utc_timestamp()},
+                _meta(job),
+                {"status": status, "error": error, "active": None, "updated_at": utc_timestamp()},
                 condition="NOT (#status IN (:succeeded, :failed))",
                 names={"#status": "status"},
                 values={":succeeded": "succeeded", ":failed": "failed"},
             )
 
-    async def give_up(self, job_id: str, reason: str) -> None:
+    async def give_up(self, job: JobRef, reason: str) -> None:
         """Make the job ``failed`` with ``reason`` (cut to 500 characters), from a caller
         that is failing anyway: if that write fails too, it is logged, not raised (the
         caller's own error matters more)."""
         try:
-            await self.finish(job_id, "failed", reason[:_ERROR_MAX])
+            await self.finish(job, "failed", reason[:_ERROR_MAX])
         except Exception:
-            logger.exception("job %s: could not mark it failed (%s)", job_id, reason)
+            logger.exception("job %s: could not mark it failed (%s)", job, reason)
         else:
-            logger.warning("job %s failed: %s", job_id, reason)
+            logger.warning("job %s failed: %s", job, reason)
 
     async def fold(
         self,
-        job_id: str,
+        job: JobRef,
         chunk: int,
         partial: Any,
         reduce: Callable[[Any, Any], Any],
@@ -188,7 +250,7 @@ class JobStore:
         ``max_tries`` times; then :class:`ConditionFailed` (the chunk's message returns).
         """
         for attempt in range(max_tries):
-            meta = await self.get(job_id, consistent=True)
+            meta = await self.get(job, consistent=True)
             if meta is None or meta["status"] in FINAL:
                 return meta
             chunks = folded(meta)
@@ -204,10 +266,14 @@ class JobStore:
                 "updated_at": utc_timestamp(),
             }
             if done + 1 >= int(meta["total"]):
-                changes |= {"status": "succeeded", "result": json.dumps(finish(acc))}
+                changes |= {
+                    "status": "succeeded",
+                    "result": json.dumps(finish(acc)),
+                    "active": None,
+                }
             try:
                 return await self.table.update(
-                    _meta(job_id),
+                    _meta(job),
                     changes,
                     condition="#done = :done AND #status IN (:queued, :running)",
                     names={"#done": "done", "#status": "status"},
@@ -216,37 +282,37 @@ class JobStore:
             except ConditionFailed:
                 # Another chunk folded first: back off a little (full jitter), then again.
                 await self._sleep(random.random() * min(1.0, 0.02 * 2**attempt))
-        raise ConditionFailed(f"job {job_id}: chunk {chunk} lost {max_tries} races to fold")
+        raise ConditionFailed(f"job {job}: chunk {chunk} lost {max_tries} races to fold")
 
-    async def done_indexes(self, job_id: str) -> set[int]:
+    async def done_indexes(self, job: JobRef) -> set[int]:
         """The indexes of the results stored so far (every page, strongly consistent)."""
         indexes: set[int] = set()
         start: Key | None = None
         while True:
-            page = await self._results(job_id, None, start, consistent=True)
+            page = await self._results(job, None, start, consistent=True)
             indexes.update(int(item["index"]) for item in page.items)
             if page.next_key is None:
                 return indexes
             start = page.next_key
 
     async def results(
-        self, job_id: str, limit: int, after: int | None = None
+        self, job: JobRef, limit: int, after: int | None = None
     ) -> tuple[list[dict[str, Any]], int | None]:
         """Up to ``limit`` results in index order after index ``after``; and the index to
         pass as ``after`` for the next page (None on the last page)."""
-        start = {"pk": _pk(job_id), "sk": _result_sk(after)} if after is not None else None
-        page = await self._results(job_id, limit, start)
+        start = {"pk": job.pk, "sk": _result_sk(after)} if after is not None else None
+        page = await self._results(job, limit, start)
         items = [{k: v for k, v in item.items() if k not in ("pk", "sk")} for item in page.items]
         more = page.next_key is not None and len(items) == limit
         return items, (int(items[-1]["index"]) if more and items else None)
 
     async def _results(
-        self, job_id: str, limit: int | None, start: Key | None, *, consistent: bool = False
+        self, job: JobRef, limit: int | None, start: Key | None, *, consistent: bool = False
     ) -> Page:
         return await self.table.query(
             "#pk = :pk AND begins_with(#sk, :results)",
             names={"#pk": "pk", "#sk": "sk"},
-            values={":pk": _pk(job_id), ":results": _RESULT},
+            values={":pk": job.pk, ":results": _RESULT},
             limit=limit,
             start_key=start,
             consistent=consistent,

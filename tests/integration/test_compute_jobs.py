@@ -16,19 +16,20 @@ from typing import Any
 
 import pytest
 
-from compute.runner import JOB_COMPUTE, ChunkRunner, chunk_id
+from compute.runner import JOB_COMPUTE, ChunkRunner
 from compute.settings import ComputeSettings
 from lambdaloop.compute.kinds import get_kind, plan
 from lambdaloop.compute.pool import ProcessPool
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import RetryLater
-from lambdaloop.jobs import JobStore, folded
+from lambdaloop.jobs import JobRef, JobStore, folded
 from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.runtime import Deadline
 from lambdaloop.store import Item, Table
 from lambdaloop_local.functions import FunctionPool
 from lambdaloop_local.stack import LocalStack
 from support import (
+    TENANT,
     InProcessApi,
     attached_stack,
     in_process_api,
@@ -47,7 +48,8 @@ def job_store(stack: LocalStack) -> JobStore:
 
 
 def meta_of(store: JobStore, job_id: str) -> Item:
-    meta = run(store.get(job_id, consistent=True))
+    """The job ``job_id`` of :data:`TENANT`'s (the tenant the API's requests name)."""
+    meta = run(store.get(JobRef(TENANT, job_id), consistent=True))
     assert meta is not None
     return meta
 
@@ -105,14 +107,27 @@ def world(session_stack: LocalStack) -> World:
         )
         # Chunk 3 of the fan-out delivered twice (SQS delivers at least once)
         _, _, works = plan("prime_count", {"n": 10**6}, 16)
-        duplicate = {"job_id": fanned, "chunk": 3, "kind": "prime_count", "work": works[3]}
-        run(chunks.publish(JOB_COMPUTE, duplicate, id=chunk_id(fanned, 3)))
+        duplicate = {
+            "tenant": TENANT,
+            "job_id": fanned,
+            "chunk": 3,
+            "kind": "prime_count",
+            "work": works[3],
+        }
+        run(chunks.publish(JOB_COMPUTE, duplicate, id=JobRef(TENANT, fanned).chunk_id(3)))
         # A job with a chunk no worker can run: its work is not numbers
-        poisoned = uuid.uuid4().hex
-        run(store.create(poisoned, "compute", {"kind": "sum_of_squares"}, total=2))
+        poison = JobRef(TENANT, uuid.uuid4().hex)
+        poisoned = poison.id
+        run(store.create(poison, "compute", {"kind": "sum_of_squares"}, total=2))
         for chunk, work in enumerate(({"start": 0, "stop": 10}, {"start": "zero", "stop": 9})):
-            payload = {"job_id": poisoned, "chunk": chunk, "kind": "sum_of_squares", "work": work}
-            run(chunks.publish(JOB_COMPUTE, payload, id=chunk_id(poisoned, chunk)))
+            payload = {
+                "tenant": TENANT,
+                "job_id": poisoned,
+                "chunk": chunk,
+                "kind": "sum_of_squares",
+                "work": work,
+            }
+            run(chunks.publish(JOB_COMPUTE, payload, id=poison.chunk_id(chunk)))
 
         def metas() -> dict[str, Item]:
             return {job_id: meta_of(store, job_id) for job_id in (fanned, chained, poisoned)}
@@ -201,7 +216,9 @@ def test_a_compute_job_is_queued_with_one_message_per_chunk(
     assert created.status == 202
     assert created.headers["location"] == f"/jobs/{job_id}"
     assert (meta["type"], meta["status"], int(meta["total"])) == ("compute", "queued", 3)
-    assert sorted(body["id"] for body in bodies) == [f"{job_id}.c{n}" for n in range(3)]
+    assert sorted(body["id"] for body in bodies) == [
+        f"T#{TENANT}#JOB#{job_id}.c{n}" for n in range(3)
+    ]
     works = sorted((b["payload"]["chunk"], b["payload"]["work"]) for b in bodies)
     assert [work for _, work in works] == plan("sum_of_squares", {"n": 1000}, 3)[2]
     assert {b["type"] for b in bodies} == {JOB_COMPUTE}
@@ -254,15 +271,22 @@ class NoComputing(ProcessPool):
 
 
 def create_job(store: JobStore, kind: str, params: dict[str, Any], chunks: int) -> tuple[str, Any]:
+    """A new job of :data:`TENANT`'s: its id and its chunks' work."""
     _, _, works = plan(kind, params, chunks)
-    job_id = uuid.uuid4().hex
-    run(store.create(job_id, "compute", {"kind": kind, "params": params}, total=len(works)))
-    return job_id, works
+    job = JobRef(TENANT, uuid.uuid4().hex)
+    run(store.create(job, "compute", {"kind": kind, "params": params}, total=len(works)))
+    return job.id, works
 
 
 def deliver(runner: ChunkRunner, job_id: str, chunk: int, work: Any, receive_count: int = 1) -> Any:
-    payload = {"job_id": job_id, "chunk": chunk, "kind": "sum_of_squares", "work": work}
-    envelope = Envelope(JOB_COMPUTE, chunk_id(job_id, chunk), payload)
+    payload = {
+        "tenant": TENANT,
+        "job_id": job_id,
+        "chunk": chunk,
+        "kind": "sum_of_squares",
+        "work": work,
+    }
+    envelope = Envelope(JOB_COMPUTE, JobRef(TENANT, job_id).chunk_id(chunk), payload)
     return run(runner(envelope, RecordContext("m", receive_count, {}, Deadline.never())))
 
 
@@ -291,7 +315,7 @@ def test_folds_that_race_are_all_counted_once(store: JobStore) -> None:
     async def fold_all() -> None:
         await asyncio.gather(
             *(
-                store.fold(job_id, chunk, kind.run(work), kind.reduce, kind.finish)
+                store.fold(JobRef(TENANT, job_id), chunk, kind.run(work), kind.reduce, kind.finish)
                 for chunk, work in enumerate(works)
             )
         )
@@ -329,7 +353,7 @@ def test_a_chunk_of_an_unknown_kind_fails_its_job_at_once(store: JobStore) -> No
     job_id, _ = create_job(store, "sum_of_squares", {"n": 100}, chunks=1)
     runner = ChunkRunner(store, settings(), NoComputing(1))
 
-    outcome = run(runner.run_chunk(job_id, 0, "bogosort", {}, Deadline.never()))
+    outcome = run(runner.run_chunk(JobRef(TENANT, job_id), 0, "bogosort", {}, Deadline.never()))
     meta = meta_of(store, job_id)
 
     assert outcome == {"status": "failed"}

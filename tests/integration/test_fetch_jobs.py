@@ -25,13 +25,20 @@ from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import DependencyError, DependencyUnavailable
 from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
-from lambdaloop.jobs import JobStore
+from lambdaloop.jobs import JobRef, JobStore
 from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.runtime import Deadline, get_loop
 from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import LoopbackHttpServer, attached_stack, in_process_api, run, run_event_source
+from support import (
+    TENANT,
+    LoopbackHttpServer,
+    attached_stack,
+    in_process_api,
+    run,
+    run_event_source,
+)
 
 T = TypeVar("T")
 
@@ -98,15 +105,16 @@ def job_store(stack: LocalStack) -> JobStore:
 
 def create_job(
     store: JobStore, urls: list[str], concurrency: int, *, store_bodies: bool = False
-) -> str:
-    job_id = uuid.uuid4().hex
+) -> JobRef:
+    """A new job of :data:`TENANT`'s."""
+    job = JobRef(TENANT, uuid.uuid4().hex)
     params = {"urls": urls, "concurrency": concurrency, "store_bodies": store_bodies}
-    run(store.create(job_id, "fetch", params, len(urls)))
-    return job_id
+    run(store.create(job, "fetch", params, len(urls)))
+    return job
 
 
-def all_results(store: JobStore, job_id: str) -> dict[int, dict[str, Any]]:
-    items, _ = run(store.results(job_id, 1000))
+def all_results(store: JobStore, job: JobRef) -> dict[int, dict[str, Any]]:
+    items, _ = run(store.results(job, 1000))
     return {int(item["index"]): item for item in items}
 
 
@@ -125,7 +133,7 @@ def part_record(stack: LocalStack, job_id: str, part: int) -> dict[str, Any] | N
         stack.aws_client("dynamodb")
         .get_item(
             TableName=stack.resources.refs["IdempotencyTable"],
-            Key={"id": {"S": f"{job_id}.{part}"}},
+            Key={"id": {"S": f"T#{TENANT}#JOB#{job_id}.{part}"}},
             ConsistentRead=True,
         )
         .get("Item")
@@ -142,8 +150,8 @@ def part_record(stack: LocalStack, job_id: str, part: int) -> dict[str, Any] | N
 class World:
     site: Site
     store: JobStore
-    mixed: str
-    split: str
+    mixed: JobRef
+    split: JobRef
     metas: dict[str, dict[str, Any]]
     #: A job submitted through the API (POST /jobs/fetch), and what GET /jobs/{id} showed
     #: once it was done, page by page.
@@ -183,12 +191,13 @@ def world(stack: LocalStack) -> Iterator[World]:
         split = create_job(
             store, [site.url(f"/body/{n}") for n in range(5)] + [site.url("/body/0")], 2
         )
-        for job_id in (mixed, split):
-            run(publisher.publish(JOB_FETCH, {"job_id": job_id, "part": 0}, id=f"{job_id}.0"))
+        for job in (mixed, split):
+            payload = {"tenant": TENANT, "job_id": job.id, "part": 0}
+            run(publisher.publish(JOB_FETCH, payload, id=job.part_id(0)))
 
         def metas() -> dict[str, dict[str, Any]]:
-            jobs = (mixed, split, submitted)
-            found = {job_id: run(store.get(job_id, consistent=True)) for job_id in jobs}
+            jobs = (mixed, split, JobRef(TENANT, submitted))
+            found = {job.id: run(store.get(job, consistent=True)) for job in jobs}
             return {job_id: meta for job_id, meta in found.items() if meta is not None}
 
         run_event_source(
@@ -204,7 +213,7 @@ def world(stack: LocalStack) -> Iterator[World]:
 
 
 def test_every_url_of_a_job_has_its_result_and_the_job_succeeded(world: World) -> None:
-    meta = world.metas[world.mixed]
+    meta = world.metas[world.mixed.id]
     results = all_results(world.store, world.mixed)
 
     assert (meta["status"], meta["done"], meta["total"], meta.get("error")) == (
@@ -266,9 +275,9 @@ def test_a_url_repeated_in_a_job_is_fetched_once_and_stored_at_both_indexes(
 def test_a_job_split_by_the_deadline_continues_part_after_part_fetching_each_url_once(
     world: World, stack: LocalStack
 ) -> None:
-    meta = world.metas[world.split]
+    meta = world.metas[world.split.id]
     results = all_results(world.store, world.split)
-    parts = [part_record(stack, world.split, n) for n in range(4)]
+    parts = [part_record(stack, world.split.id, n) for n in range(4)]
 
     assert (meta["status"], meta["done"], meta["total"]) == ("succeeded", 6, 6)
     assert [results[n]["sha256"] for n in range(6)] == [sha256(str(n)) for n in (0, 1, 2, 3, 4, 0)]
@@ -302,11 +311,11 @@ class CountingStore(JobStore):
     calls: list[tuple[int, int, float]]
 
     async def save_results(
-        self, job_id: str, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
+        self, job: JobRef, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
     ) -> None:
         batch = list(results)
         self.calls.append((len(batch), done, time.monotonic()))
-        await super().save_results(job_id, batch, done)
+        await super().save_results(job, batch, done)
 
 
 def settings(**overrides: Any) -> JobsSettings:
@@ -357,8 +366,13 @@ def bucket(local_stack: LocalStack) -> Bucket:
     return Bucket(name, client=local_stack.aws_client("s3"))
 
 
-def stored_keys(stack: LocalStack, bucket: Bucket, job_id: str) -> set[str]:
-    listed = stack.aws_client("s3").list_objects_v2(Bucket=bucket.name, Prefix=f"jobs/{job_id}/")
+def body_prefix(job: JobRef) -> str:
+    """Where a job's bodies are stored: under its tenant (no character of TENANT is escaped)."""
+    return f"jobs/{TENANT}/{job.id}/"
+
+
+def stored_keys(stack: LocalStack, bucket: Bucket, job: JobRef) -> set[str]:
+    listed = stack.aws_client("s3").list_objects_v2(Bucket=bucket.name, Prefix=body_prefix(job))
     return {item["Key"] for item in listed.get("Contents", [])}
 
 
@@ -366,18 +380,18 @@ def test_bodies_are_stored_once_each_before_the_results_that_name_them(
     site: Site, store: CountingStore, bucket: Bucket, local_stack: LocalStack
 ) -> None:
     urls = [site.url("/body/a"), site.url("/body/b"), site.url("/body/a"), site.url("/missing")]
-    job_id = create_job(store, urls, concurrency=4, store_bodies=True)
+    job = create_job(store, urls, concurrency=4, store_bodies=True)
 
-    outcome = run(runner(store, Recorder(), bucket).run_part(job_id, 0, Deadline.never()))
-    results = all_results(store, job_id)
+    outcome = run(runner(store, Recorder(), bucket).run_part(job, 0, Deadline.never()))
+    results = all_results(store, job)
 
     assert outcome == {"status": "succeeded", "done": 4}
     assert site.hits == {"/body/a": 1, "/body/b": 1, "/missing": 1}
     keys = [results[index]["body_key"] for index in range(4)]
-    assert keys[0] == keys[2] == f"jobs/{job_id}/{sha256('a')}"
-    assert keys[1] == f"jobs/{job_id}/{sha256('b')}"
-    assert keys[3] == f"jobs/{job_id}/{hashlib.sha256(b'no').hexdigest()}"  # a 404 has a body
-    assert stored_keys(local_stack, bucket, job_id) == set(keys)
+    assert keys[0] == keys[2] == f"{body_prefix(job)}{sha256('a')}"
+    assert keys[1] == f"{body_prefix(job)}{sha256('b')}"
+    assert keys[3] == f"{body_prefix(job)}{hashlib.sha256(b'no').hexdigest()}"  # a 404 has a body
+    assert stored_keys(local_stack, bucket, job) == set(keys)
     assert run(bucket.get(keys[0])) == body("a")
     assert run(bucket.get(keys[3])) == b"no"
 
@@ -385,23 +399,23 @@ def test_bodies_are_stored_once_each_before_the_results_that_name_them(
 def test_a_failed_upload_fails_the_part_and_stores_no_result_naming_a_missing_body(
     site: Site, store: CountingStore, local_stack: LocalStack
 ) -> None:
-    job_id = create_job(store, [site.url("/body/u0"), site.url("/body/u1")], 2, store_bodies=True)
+    job = create_job(store, [site.url("/body/u0"), site.url("/body/u1")], 2, store_bodies=True)
     missing = Bucket("no-such-bucket", client=local_stack.aws_client("s3"))
 
     with pytest.raises(DependencyError, match="NoSuchBucket"):
-        run(runner(store, Recorder(), missing).run_part(job_id, 0, Deadline.never()))
-    meta = run(store.get(job_id, consistent=True))
+        run(runner(store, Recorder(), missing).run_part(job, 0, Deadline.never()))
+    meta = run(store.get(job, consistent=True))
 
-    assert all_results(store, job_id) == {}
+    assert all_results(store, job) == {}
     assert meta is not None
     assert (meta["status"], meta["done"]) == ("running", 0)
 
 
 def test_a_job_asking_for_bodies_fails_where_there_is_no_bucket(store: CountingStore) -> None:
-    job_id = create_job(store, ["http://127.0.0.1:9/x"], 1, store_bodies=True)
+    job = create_job(store, ["http://127.0.0.1:9/x"], 1, store_bodies=True)
 
-    outcome = run(runner(store, Recorder()).run_part(job_id, 0, Deadline.never()))
-    meta = run(store.get(job_id, consistent=True))
+    outcome = run(runner(store, Recorder()).run_part(job, 0, Deadline.never()))
+    meta = run(store.get(job, consistent=True))
 
     assert outcome["status"] == "failed"
     assert meta is not None
@@ -412,22 +426,24 @@ def test_a_redelivered_part_fetches_only_the_urls_not_stored_yet(
     site: Site, store: CountingStore
 ) -> None:
     recorder = Recorder()
-    job_id = create_job(store, [site.url(f"/body/r{n}") for n in range(4)], concurrency=2)
+    job = create_job(store, [site.url(f"/body/r{n}") for n in range(4)], concurrency=2)
     part = runner(store, recorder, part_margin_s=100.0)
     # The gate is shut at once (104 s < 5 + 100 s left): one wave per run.
 
-    first = run(part.run_part(job_id, 0, Deadline.after(104)))
+    first = run(part.run_part(job, 0, Deadline.after(104)))
     hits_after_first = dict(site.hits)
-    again = run(part.run_part(job_id, 0, Deadline.after(104)))  # the same part, redelivered
-    final = run(part.run_part(job_id, 0, Deadline.after(104)))
+    again = run(part.run_part(job, 0, Deadline.after(104)))  # the same part, redelivered
+    final = run(part.run_part(job, 0, Deadline.after(104)))
 
     assert first == {"status": "continued", "done": 2}
     assert hits_after_first == {"/body/r0": 1, "/body/r1": 1}
-    assert recorder.published == [(JOB_FETCH, {"job_id": job_id, "part": 1}, f"{job_id}.1")]
+    assert recorder.published == [
+        (JOB_FETCH, {"tenant": TENANT, "job_id": job.id, "part": 1}, f"T#{TENANT}#JOB#{job.id}.1")
+    ]
     assert again == {"status": "succeeded", "done": 4}
     assert final == {"status": "succeeded"}
     assert site.hits == {f"/body/r{n}": 1 for n in range(4)}
-    assert [r["sha256"] for r in all_results(store, job_id).values()] == [
+    assert [r["sha256"] for r in all_results(store, job).values()] == [
         sha256(f"r{n}") for n in range(4)
     ]
 
@@ -435,18 +451,18 @@ def test_a_redelivered_part_fetches_only_the_urls_not_stored_yet(
 def test_results_are_stored_in_batches_not_one_write_per_url(
     site: Site, store: CountingStore
 ) -> None:
-    job_id = create_job(store, [site.url(f"/body/n{n}") for n in range(120)], concurrency=20)
+    job = create_job(store, [site.url(f"/body/n{n}") for n in range(120)], concurrency=20)
 
     outcome = run(
-        runner(store, Recorder(), flush_interval_s=900.0).run_part(job_id, 0, Deadline.never())
+        runner(store, Recorder(), flush_interval_s=900.0).run_part(job, 0, Deadline.never())
     )
-    meta = run(store.get(job_id, consistent=True))
+    meta = run(store.get(job, consistent=True))
 
     assert outcome == {"status": "succeeded", "done": 120}
     assert [(size, done) for size, done, _ in store.calls] == [(50, 50), (50, 100), (20, 120)]
     assert meta is not None
     assert (meta["status"], meta["done"]) == ("succeeded", 120)
-    assert len(all_results(store, job_id)) == 120
+    assert len(all_results(store, job)) == 120
     assert sum(site.hits.values()) == 120
 
 
@@ -454,12 +470,12 @@ def test_a_hanging_url_is_cancelled_at_the_hard_stop_after_the_rest_was_flushed(
     site: Site, store: CountingStore
 ) -> None:
     recorder = Recorder()
-    job_id = create_job(store, [site.url("/body/h"), site.url("/hang")], concurrency=2)
+    job = create_job(store, [site.url("/body/h"), site.url("/hang")], concurrency=2)
     part = runner(store, recorder, part_margin_s=100.0, flush_interval_s=0.1)
 
-    outcome = run(part.run_part(job_id, 3, Deadline.after(101.5)))
+    outcome = run(part.run_part(job, 3, Deadline.after(101.5)))
     ended = time.monotonic()
-    meta = run(store.get(job_id, consistent=True))
+    meta = run(store.get(job, consistent=True))
 
     assert outcome == {"status": "continued", "done": 1}
     # The interval flushed the finished URL while /hang was still awaited
@@ -467,8 +483,10 @@ def test_a_hanging_url_is_cancelled_at_the_hard_stop_after_the_rest_was_flushed(
     assert (size, done) == (1, 1)
     assert ended - at > 0.5
     assert site.hits == {"/body/h": 1, "/hang": 1}
-    assert list(all_results(store, job_id)) == [0]
-    assert recorder.published == [(JOB_FETCH, {"job_id": job_id, "part": 4}, f"{job_id}.4")]
+    assert list(all_results(store, job)) == [0]
+    assert recorder.published == [
+        (JOB_FETCH, {"tenant": TENANT, "job_id": job.id, "part": 4}, f"T#{TENANT}#JOB#{job.id}.4")
+    ]
     assert meta is not None
     assert (meta["status"], meta["done"]) == ("running", 1)
 
@@ -481,25 +499,26 @@ class BrokenFetcher(Fetcher):
         yield  # pragma: no cover - makes this an async generator
 
 
-def deliver(target: FetchJobRunner, job_id: str, receive_count: int) -> Any:
-    envelope = Envelope(JOB_FETCH, f"{job_id}.0", {"job_id": job_id, "part": 0})
+def deliver(target: FetchJobRunner, job: JobRef, receive_count: int) -> Any:
+    payload = {"tenant": job.tenant, "job_id": job.id, "part": 0}
+    envelope = Envelope(JOB_FETCH, job.part_id(0), payload)
     return run(target(envelope, RecordContext("m", receive_count, {}, Deadline.never())))
 
 
 def test_an_error_fails_the_record_and_on_the_last_attempt_the_job_too(
     store: CountingStore,
 ) -> None:
-    job_id = create_job(store, ["http://127.0.0.1:9/x"], concurrency=1)
+    job = create_job(store, ["http://127.0.0.1:9/x"], concurrency=1)
     broken = FetchJobRunner(
         store, Recorder(), settings(), policy=Policy.for_user_urls(True), fetcher=BrokenFetcher()
     )
 
     with pytest.raises(RuntimeError):
-        deliver(broken, job_id, receive_count=4)
-    before_last = run(store.get(job_id, consistent=True))
+        deliver(broken, job, receive_count=4)
+    before_last = run(store.get(job, consistent=True))
     with pytest.raises(RuntimeError):
-        deliver(broken, job_id, receive_count=5)
-    after_last = run(store.get(job_id, consistent=True))
+        deliver(broken, job, receive_count=5)
+    after_last = run(store.get(job, consistent=True))
 
     assert before_last is not None
     assert after_last is not None
@@ -508,17 +527,17 @@ def test_an_error_fails_the_record_and_on_the_last_attempt_the_job_too(
         "failed",
         "gave up after 5 attempts: RuntimeError",
     )
-    assert deliver(broken, job_id, receive_count=1) == {"status": "failed"}
+    assert deliver(broken, job, receive_count=1) == {"status": "failed"}
 
 
 def test_a_missing_job_is_dropped_and_a_job_with_bad_params_fails_at_once(
     store: CountingStore,
 ) -> None:
-    bad = uuid.uuid4().hex
+    bad = JobRef(TENANT, uuid.uuid4().hex)
     run(store.create(bad, "fetch", {"urls": "http://x", "concurrency": 1}, 1))
     part = runner(store, Recorder())
 
-    missing = run(part.run_part("no-such-job", 0, Deadline.never()))
+    missing = run(part.run_part(JobRef(TENANT, "no-such-job"), 0, Deadline.never()))
     invalid = run(part.run_part(bad, 0, Deadline.never()))
     meta = run(store.get(bad, consistent=True))
 
@@ -542,27 +561,29 @@ def test_uploads_cut_by_the_deadline_leave_their_urls_to_the_next_part(
     site: Site, store: CountingStore, bucket: Bucket, local_stack: LocalStack
 ) -> None:
     recorder = Recorder()
-    job_id = create_job(store, [site.url("/body/h0"), site.url("/body/h1")], 2, store_bodies=True)
+    job = create_job(store, [site.url("/body/h0"), site.url("/body/h1")], 2, store_bodies=True)
     hanging = HangingBucket(bucket.name, client=local_stack.aws_client("s3"))
 
     # The uploads hang until the part's margin is reached (1.5 s in, ample for two loopback
     # fetches): they are cancelled
     first = run(
         runner(store, recorder, hanging, part_margin_s=100.0).run_part(
-            job_id, 0, Deadline.after(101.5)
+            job, 0, Deadline.after(101.5)
         )
     )
-    stored_after_first = all_results(store, job_id)
-    again = run(runner(store, recorder, bucket).run_part(job_id, 1, Deadline.never()))
+    stored_after_first = all_results(store, job)
+    again = run(runner(store, recorder, bucket).run_part(job, 1, Deadline.never()))
 
     assert first == {"status": "continued", "done": 0}
     assert stored_after_first == {}
-    assert recorder.published == [(JOB_FETCH, {"job_id": job_id, "part": 1}, f"{job_id}.1")]
+    assert recorder.published == [
+        (JOB_FETCH, {"tenant": TENANT, "job_id": job.id, "part": 1}, f"T#{TENANT}#JOB#{job.id}.1")
+    ]
     assert again == {"status": "succeeded", "done": 2}
     assert site.hits == {"/body/h0": 2, "/body/h1": 2}  # fetched again: their bodies were lost
-    assert stored_keys(local_stack, bucket, job_id) == {
-        f"jobs/{job_id}/{sha256('h0')}",
-        f"jobs/{job_id}/{sha256('h1')}",
+    assert stored_keys(local_stack, bucket, job) == {
+        f"{body_prefix(job)}{sha256('h0')}",
+        f"{body_prefix(job)}{sha256('h1')}",
     }
 
 
@@ -570,7 +591,7 @@ class FailingStore(CountingStore):
     """Stores nothing: every batch of results fails."""
 
     async def save_results(
-        self, job_id: str, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
+        self, job: JobRef, results: Iterable[tuple[int, Mapping[str, Any]]], done: int
     ) -> None:
         raise DependencyUnavailable("dynamodb", "down")
 
@@ -580,7 +601,7 @@ def test_a_part_that_fails_leaves_no_upload_running(
 ) -> None:
     # Given a job whose first URL's upload hangs, and whose second URL times out (no body)
     # half a second later, its result then stored at once into a failing table
-    job_id = create_job(store, [site.url("/body/f0"), site.url("/hang")], 2, store_bodies=True)
+    job = create_job(store, [site.url("/body/f0"), site.url("/hang")], 2, store_bodies=True)
     failing = FailingStore(store.table)
     failing.calls = []
     hanging = HangingBucket(bucket.name, client=local_stack.aws_client("s3"))
@@ -588,7 +609,7 @@ def test_a_part_that_fails_leaves_no_upload_running(
     with pytest.raises(DependencyUnavailable):
         run(
             runner(failing, Recorder(), hanging, flush_every=1, fetch_timeout_s=0.5).run_part(
-                job_id, 0, Deadline.never()
+                job, 0, Deadline.never()
             )
         )
     left = [task for task in asyncio.all_tasks(get_loop()) if not task.done()]

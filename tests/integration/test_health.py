@@ -12,7 +12,7 @@ from typing import Any
 from lambdaloop_local.functions import FunctionPool, InvocationError, LocalFunction
 from lambdaloop_local.services import SilentServer, free_port
 from lambdaloop_local.stack import LocalStack
-from support import http_event, requires_redis_server
+from support import TENANT, http_event, requires_redis_server, with_claims
 
 EVENTS = Path(__file__).parents[2] / "infra" / "events"
 JSON = {"content-type": "application/json"}
@@ -165,7 +165,7 @@ def test_the_sam_local_invoke_sqs_event_fails_only_its_poison_record(
 
 def test_the_sam_local_invoke_jobs_event_runs_in_the_jobs_function(local_stack: LocalStack) -> None:
     sqs_event = json.loads((EVENTS / "sqs-jobs-part.json").read_text())
-    job_id = json.loads(sqs_event["Records"][0]["body"])["payload"]["job_id"]
+    envelope_id = json.loads(sqs_event["Records"][0]["body"])["id"]
     idempotency = local_stack.resources.refs["IdempotencyTable"]
 
     async def invoke() -> Any:
@@ -177,7 +177,7 @@ def test_the_sam_local_invoke_jobs_event_runs_in_the_jobs_function(local_stack: 
 
     response = asyncio.run(invoke())
     record = local_stack.aws_client("dynamodb").get_item(
-        TableName=idempotency, Key={"id": {"S": f"{job_id}.0"}}, ConsistentRead=True
+        TableName=idempotency, Key={"id": {"S": envelope_id}}, ConsistentRead=True
     )["Item"]
 
     # The part names a job that does not exist here: dropped (and remembered), not failed.
@@ -223,17 +223,23 @@ def test_a_redis_that_never_answers_costs_three_calls_then_none(local_stack: Loc
             pool = FunctionPool(function)
             try:
                 created = await pool.invoke(
-                    http_event("POST", "/users", headers=JSON, body=body.encode())
+                    with_claims(
+                        http_event("POST", "/users", headers=JSON, body=body.encode()), TENANT
+                    )
                 )
                 user_id = json.loads(created.result["body"])["id"]
                 first = [created.result["statusCode"]]
                 for _ in range(4):
-                    outcome = await pool.invoke(http_event("GET", f"/users/{user_id}"))
+                    outcome = await pool.invoke(
+                        with_claims(http_event("GET", f"/users/{user_id}"), TENANT)
+                    )
                     first.append(outcome.result["statusCode"])
                 connections = silent.connections
                 later = []
                 for _ in range(5):
-                    outcome = await pool.invoke(http_event("GET", f"/users/{user_id}"))
+                    outcome = await pool.invoke(
+                        with_claims(http_event("GET", f"/users/{user_id}"), TENANT)
+                    )
                     later.append(outcome.result["statusCode"])
                 health = await pool.invoke(event("api-health.json"))
                 return first, connections, later, silent.connections, health.result

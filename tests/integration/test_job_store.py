@@ -9,10 +9,10 @@ from typing import TypeVar
 import pytest
 
 from lambdaloop.errors import ConditionFailed
-from lambdaloop.jobs import JobStore, public
+from lambdaloop.jobs import JobRef, JobStore, public
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import run
+from support import TENANT, run
 
 T = TypeVar("T")
 
@@ -26,15 +26,15 @@ def store(local_stack: LocalStack) -> JobStore:
 
 
 def test_a_job_goes_from_queued_to_running_to_final_and_stays_final(store: JobStore) -> None:
-    job_id = uuid.uuid4().hex
-    run(store.create(job_id, "fetch", {"urls": ["https://example.com/"]}, total=1))
-    queued = run(store.get(job_id, consistent=True))
+    job = JobRef(TENANT, uuid.uuid4().hex)
+    run(store.create(job, "fetch", {"urls": ["https://example.com/"]}, total=1))
+    queued = run(store.get(job, consistent=True))
 
-    run(store.start(job_id))
-    run(store.save_results(job_id, [(0, {"status": 200})], done=1))
-    run(store.finish(job_id, "succeeded"))
-    run(store.finish(job_id, "failed", "too late"))  # a final job stays as it is
-    final = run(store.get(job_id, consistent=True))
+    run(store.start(job))
+    run(store.save_results(job, [(0, {"status": 200})], done=1))
+    run(store.finish(job, "succeeded"))
+    run(store.finish(job, "failed", "too late"))  # a final job stays as it is
+    final = run(store.get(job, consistent=True))
 
     assert queued is not None
     assert final is not None
@@ -45,42 +45,42 @@ def test_a_job_goes_from_queued_to_running_to_final_and_stays_final(store: JobSt
     assert public(final)["progress"] == {"done": 1, "total": 1}
     assert final.get("error") is None
     with pytest.raises(ConditionFailed):
-        run(store.start(job_id))
+        run(store.start(job))
     with pytest.raises(ConditionFailed):
-        run(store.create(job_id, "fetch", {}, total=0))
+        run(store.create(job, "fetch", {}, total=0))
 
 
 def test_results_are_stored_once_per_index_and_listed_in_order_page_by_page(
     store: JobStore,
 ) -> None:
-    job_id = uuid.uuid4().hex
-    run(store.create(job_id, "fetch", {}, total=12))
-    run(store.start(job_id))
+    job = JobRef(TENANT, uuid.uuid4().hex)
+    run(store.create(job, "fetch", {}, total=12))
+    run(store.start(job))
 
-    run(store.save_results(job_id, [(i, {"n": i}) for i in (11, 0, 5, 3, 10)], done=5))
+    run(store.save_results(job, [(i, {"n": i}) for i in (11, 0, 5, 3, 10)], done=5))
     # A redelivered part writes some of the same results again: still one per index.
-    run(store.save_results(job_id, [(i, {"n": i}) for i in (5, 3, 1, 2)], done=7))
+    run(store.save_results(job, [(i, {"n": i}) for i in (5, 3, 1, 2)], done=7))
     pages: list[list[int]] = []
     after = None
     while True:
-        items, after = run(store.results(job_id, 3, after))
+        items, after = run(store.results(job, 3, after))
         pages.append([item["index"] for item in items])
         if after is None:
             break
 
-    assert run(store.done_indexes(job_id)) == {0, 1, 2, 3, 5, 10, 11}
+    assert run(store.done_indexes(job)) == {0, 1, 2, 3, 5, 10, 11}
     assert [i for page in pages for i in page] == [0, 1, 2, 3, 5, 10, 11]
     assert all(len(page) <= 3 for page in pages)
-    meta = run(store.get(job_id, consistent=True))
+    meta = run(store.get(job, consistent=True))
     assert meta is not None
     assert public(meta)["progress"]["done"] == 7
 
 
 def test_progress_is_only_saved_for_a_running_job(store: JobStore) -> None:
-    job_id = uuid.uuid4().hex
-    run(store.create(job_id, "fetch", {}, total=1))
+    job = JobRef(TENANT, uuid.uuid4().hex)
+    run(store.create(job, "fetch", {}, total=1))
 
     with pytest.raises(ConditionFailed):
-        run(store.save_results(job_id, [], done=1))  # never started
+        run(store.save_results(job, [], done=1))  # never started
     with pytest.raises(ValueError, match="status must be one of"):
-        run(store.finish(job_id, "running"))
+        run(store.finish(job, "running"))

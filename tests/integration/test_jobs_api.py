@@ -15,11 +15,11 @@ import pytest
 
 from api.errors import BadRequest
 from api.jobs.service import JobsService
-from lambdaloop.jobs import JobStore
+from lambdaloop.jobs import JobRef, JobStore
 from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import ApiResponse, InProcessApi, in_process_api, run
+from support import TENANT, ApiResponse, InProcessApi, in_process_api, run
 
 T = TypeVar("T")
 URLS = ["https://example.com/", "https://example.org/a?b=c", "http://example.net/"]
@@ -80,7 +80,7 @@ def test_a_fetch_job_is_created_queued_and_its_first_part_published(
         api, {"urls": URLS, "concurrency": 3}, headers={"x-correlation-id": correlation_id}
     )
     job_id = created.json["job_id"]
-    message = take_message(local_stack, f"{job_id}.0")
+    message = take_message(local_stack, f"T#{TENANT}#JOB#{job_id}.0")
     job = api.request("GET", created.headers["location"])
 
     assert created.status == 202, created.text
@@ -88,7 +88,9 @@ def test_a_fetch_job_is_created_queued_and_its_first_part_published(
     assert created.headers["location"] == f"/jobs/{job_id}"
     assert re.fullmatch(r"[0-9a-f]{32}", job_id)
     assert Envelope.from_json(message["Body"]) == Envelope(
-        type="job.fetch", id=f"{job_id}.0", payload={"job_id": job_id, "part": 0}
+        type="job.fetch",
+        id=f"T#{TENANT}#JOB#{job_id}.0",
+        payload={"tenant": TENANT, "job_id": job_id, "part": 0},
     )
     assert message["MessageAttributes"]["correlation_id"]["StringValue"] == correlation_id
     assert job.status == 200, job.text
@@ -109,9 +111,9 @@ def test_the_job_keeps_the_urls_and_the_default_concurrency(
 ) -> None:
     created = create_job(api, {"urls": URLS[:1]})
     job_id = created.json["job_id"]
-    take_message(local_stack, f"{job_id}.0")
+    take_message(local_stack, f"T#{TENANT}#JOB#{job_id}.0")
 
-    meta = run(store.get(job_id, consistent=True))
+    meta = run(store.get(JobRef(TENANT, job_id), consistent=True))
 
     assert created.status == 202, created.text
     assert meta is not None
@@ -165,11 +167,12 @@ def test_results_are_paged_in_index_order_following_next_cursor(
 ) -> None:
     urls = [f"https://example.com/{n}" for n in range(5)]
     job_id = create_job(api, {"urls": urls}).json["job_id"]
-    take_message(local_stack, f"{job_id}.0")
+    take_message(local_stack, f"T#{TENANT}#JOB#{job_id}.0")
+    job = JobRef(TENANT, job_id)
     # As the jobs function would: take the job, then store results in batches.
-    run(store.start(job_id))
-    run(store.save_results(job_id, [(n, {"url": urls[n], "status": 200}) for n in (3, 0, 1)], 3))
-    run(store.save_results(job_id, [(n, {"url": urls[n], "status": 404}) for n in (4, 2)], 5))
+    run(store.start(job))
+    run(store.save_results(job, [(n, {"url": urls[n], "status": 200}) for n in (3, 0, 1)], 3))
+    run(store.save_results(job, [(n, {"url": urls[n], "status": 404}) for n in (4, 2)], 5))
 
     pages: list[dict[str, Any]] = []
     cursor: str | None = None
@@ -242,14 +245,15 @@ def test_a_job_can_keep_bodies_and_each_result_links_its_body(
     api: InProcessApi, local_stack: LocalStack, store: JobStore
 ) -> None:
     job_id = create_job(api, {"urls": URLS[:2], "store_bodies": True}).json["job_id"]
-    take_message(local_stack, f"{job_id}.0")
-    meta = run(store.get(job_id, consistent=True))
+    take_message(local_stack, f"T#{TENANT}#JOB#{job_id}.0")
+    job = JobRef(TENANT, job_id)
+    meta = run(store.get(job, consistent=True))
     # As the jobs function would: the body first, then the result naming it.
     bucket = local_stack.resources.refs["JobResultsBucket"]
-    key = f"jobs/{job_id}/abc"
+    key = f"jobs/{TENANT}/{job_id}/abc"
     local_stack.aws_client("s3").put_object(Bucket=bucket, Key=key, Body=b"<html>hi</html>")
-    run(store.start(job_id))
-    run(store.save_results(job_id, [(0, {"url": URLS[0], "body_key": key}), (1, {})], 2))
+    run(store.start(job))
+    run(store.save_results(job, [(0, {"url": URLS[0], "body_key": key}), (1, {})], 2))
 
     results = api.request("GET", f"/jobs/{job_id}").json["result"]["results"]
     with urllib.request.urlopen(results[0]["body_url"], timeout=5) as download:
@@ -268,11 +272,12 @@ def test_bodies_are_refused_where_the_stack_has_no_bucket(local_stack: LocalStac
         JobStore(Table(local_stack.resources.refs["JobsTable"])),
         Publisher(local_stack.resources.refs["JobsQueue"]),
         Publisher(local_stack.resources.refs["ComputeQueue"]),
+        in_flight_limit=10,
         bodies=None,
     )
 
     with pytest.raises(BadRequest) as refused:
-        run(service.fetch(URLS, 1, True, None))
+        run(service.fetch(TENANT, URLS, 1, True, None))
 
     assert refused.value.extensions == {"field": "body.store_bodies"}
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from lambdaloop_local.stack import LocalStack
 from support import (
+    TENANT,
     InProcessApi,
     LoopbackHttpServer,
     attached_stack,
@@ -126,6 +127,13 @@ def notify(api: InProcessApi, user_id: int, message: str) -> str:
     return notification_id
 
 
+def notified(envelope: dict[str, Any]) -> str:
+    """The notification a message (an envelope's JSON) is about."""
+    notification_id: str = envelope["payload"]["notification_id"]
+    assert envelope["id"] == f"T#{TENANT}#NOTIFICATION#{notification_id}"
+    return notification_id
+
+
 def dead_letters(stack: LocalStack) -> list[dict[str, Any]]:
     """The bodies waiting in the notify dead-letter queue (read, left in place)."""
     sqs = stack.aws_client("sqs")
@@ -176,7 +184,7 @@ def world(stack: LocalStack, api: InProcessApi) -> Iterator[World]:
 
         def settled() -> bool:
             final = all(s["status"] != "queued" for s in statuses().values())
-            return final and any(d["id"] == ids["down"] for d in dead_letters(stack))
+            return final and any(notified(d) == ids["down"] for d in dead_letters(stack))
 
         run_event_source(stack, "NotifyQueue", settled)
         yield World(ids, receiver, statuses(), dead_letters(stack))
@@ -216,7 +224,7 @@ def test_a_receiver_that_always_fails_ends_in_the_dead_letter_queue_marked_faile
     world: World,
 ) -> None:
     status = world.statuses["down"]
-    [dead] = [d for d in world.dead if d["id"] == world.ids["down"]]
+    [dead] = [d for d in world.dead if notified(d) == world.ids["down"]]
 
     # Then every one of the queue's maxReceiveCount attempts reached the receiver
     assert len(world.received.attempts(world.ids["down"])) == 5
@@ -230,7 +238,7 @@ def test_a_receiver_that_refuses_for_good_is_not_retried(world: World) -> None:
 
     assert len(world.received.attempts(world.ids["gone"])) == 1
     assert (status["status"], status["error"]) == ("failed", "refused: HTTP 410")
-    assert all(d["id"] != world.ids["gone"] for d in world.dead)
+    assert all(notified(d) != world.ids["gone"] for d in world.dead)
 
 
 def test_a_user_without_a_webhook_finds_it_delivered_in_the_inbox(
@@ -245,7 +253,7 @@ def test_a_user_without_a_webhook_finds_it_delivered_in_the_inbox(
 
 
 def test_only_delivered_or_failed_for_good_messages_left_the_queue(world: World) -> None:
-    dead_ids = {d["id"] for d in world.dead}
+    dead_ids = {notified(d) for d in world.dead}
 
     assert world.ids["down"] in dead_ids
     assert dead_ids.isdisjoint({world.ids[n] for n in ("ok", "flaky", "hang", "gone", "inbox")})

@@ -14,14 +14,14 @@ from aiohttp import web
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import DependencyError, RetryLater
 from lambdaloop.fetch import aclose_sessions, guarded_session
-from lambdaloop.queue import Envelope
+from lambdaloop.notifications import Delivery, owner, record_key
 from lambdaloop.runtime import Deadline
 from lambdaloop.secrets_manager import SecretsManager
 from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
 from notify.delivery import Deliverer
-from support import LoopbackHttpServer, run
+from support import TENANT, LoopbackHttpServer, run
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ def table(local_stack: LocalStack) -> Table:
     return Table(
         local_stack.resources.refs["NotificationsTable"],
         client=local_stack.aws_client("dynamodb"),
-        key_schema=("id",),
+        key_schema=("pk",),
     )
 
 
@@ -91,8 +91,11 @@ def secret_id(local_stack: LocalStack) -> str:
 
 
 def notification(table: Table, **fields: Any) -> str:
+    """A notification of :data:`TENANT`'s user 1, stored as the API stores it; its id."""
     notification_id = uuid.uuid4().hex
     item = {
+        **record_key(TENANT, notification_id),
+        "owner": owner(TENANT, 1),
         "id": notification_id,
         "user_id": 1,
         "channel": "webhook",
@@ -108,7 +111,7 @@ def notification(table: Table, **fields: Any) -> str:
 
 
 def deliver(target: Deliverer, notification_id: str, receive_count: int = 1) -> Any:
-    envelope = Envelope("notification.deliver", notification_id, {"notification_id": "x"})
+    envelope = Delivery(TENANT, notification_id).envelope(1)
     context = RecordContext(notification_id, receive_count, {}, Deadline.never())
     return run(target(envelope, context))
 
@@ -122,7 +125,7 @@ def test_a_delivered_notification_is_never_sent_again(
 
     assert outcome == {"status": "delivered"}
     assert receiver.requests == 0
-    assert run(table.get({"id": done}))["attempts"] == 1  # type: ignore[index]
+    assert run(table.get(record_key(TENANT, done)))["attempts"] == 1  # type: ignore[index]
 
 
 def test_a_message_whose_record_is_gone_is_dropped(
@@ -140,7 +143,7 @@ def test_429_keeps_the_receivers_delay_and_the_notification_queued(
 
     with pytest.raises(RetryLater) as retry:
         deliver(make(secret_id(local_stack)), pending)
-    record = run(table.get({"id": pending}))
+    record = run(table.get(record_key(TENANT, pending)))
 
     assert retry.value.delay_s == 7
     assert record is not None
@@ -154,7 +157,7 @@ def test_the_last_attempt_marks_failed_whatever_broke_it(
 
     with pytest.raises(DependencyError):
         deliver(make("no-such-secret"), pending, receive_count=5)
-    record = run(table.get({"id": pending}))
+    record = run(table.get(record_key(TENANT, pending)))
 
     assert record is not None
     assert (record["status"], record["error"]) == ("failed", "gave up: DependencyError")
@@ -168,7 +171,7 @@ def test_the_last_attempt_comes_back_at_once_to_reach_the_dead_letter_queue(
 
     with pytest.raises(RetryLater) as retry:
         deliver(make(secret_id(local_stack)), pending, receive_count=5)
-    record = run(table.get({"id": pending}))
+    record = run(table.get(record_key(TENANT, pending)))
 
     assert retry.value.delay_s == 0
     assert record is not None
@@ -193,7 +196,7 @@ def test_a_webhook_at_an_address_the_policy_refuses_fails_for_good_unsent(
         outcome = deliver(deployed, pending)
     finally:
         run(aclose_sessions())
-    record = run(table.get({"id": pending}))
+    record = run(table.get(record_key(TENANT, pending)))
 
     # Then nothing reached the receiver, and the notification says why it failed
     assert outcome["status"] == "failed"

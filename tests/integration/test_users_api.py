@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from api.users.dependencies import users_service
+from api.users.dependencies import get_users_service
 from lambdaloop.clients import aws_client
 from lambdaloop.runtime import get_loop, lambda_handler
 from lambdaloop_local.stack import LocalStack
 from support import (
+    TENANT,
     InProcessApi,
     in_process_api,
     lambda_context,
@@ -182,8 +183,8 @@ def test_batch_get_counts_its_calls(
         api.request("GET", f"/users/{user_id}")
     redis = RedisCalls(local_stack.redis_url)
     # ... and two evicted, as if their TTL had run out
-    service = get_loop().run_until_complete(users_service())
-    redis.client.delete(*[service.cache.key("user", i) for i in ids[3:]])
+    service = get_users_service()
+    assert redis.client.delete(*[service.cache.key("user", TENANT, i) for i in ids[3:]]) == 2
     redis.client.config_resetstat()
     dynamodb.calls.clear()
 
@@ -235,13 +236,15 @@ def test_two_hundred_concurrent_cold_reads_make_one_dynamodb_read(
     api: InProcessApi, dynamodb: DynamoCalls
 ) -> None:
     user = create(api)
-    service = get_loop().run_until_complete(users_service())
-    get_loop().run_until_complete(service.cache.delete(service.cache.key("user", user["id"])))
+    service = get_users_service()
+    get_loop().run_until_complete(
+        service.cache.delete(service.cache.key("user", TENANT, user["id"]))
+    )
     dynamodb.calls.clear()
 
     @lambda_handler
     async def stampede(event: Any, context: Any) -> list[dict[str, Any]]:
-        return await asyncio.gather(*(service.get(user["id"]) for _ in range(200)))
+        return await asyncio.gather(*(service.get(TENANT, user["id"]) for _ in range(200)))
 
     results = stampede({}, lambda_context())
 
@@ -257,7 +260,7 @@ def test_redis_killed_then_back(
     assert local_stack.redis is not None
     redis = local_stack.redis
     user = create(api)
-    service = get_loop().run_until_complete(users_service())
+    service = get_users_service()
     breaker = service.cache.breaker
     breaker.reset_timeout_s = 3600  # the outage outlasts this test's first half
     try:

@@ -39,7 +39,27 @@ def test_literal_routes_win_over_parameters_and_the_proxy() -> None:
 def test_the_templates_routes() -> None:
     routes = http_api_routes(load_template())
 
-    assert {r.route_key for r in routes} == {"GET /", "ANY /{proxy+}"}
+    assert {r.route_key for r in routes} == {
+        "GET /",
+        "GET /health",
+        "GET /docs",
+        "GET /docs/oauth2-redirect",
+        "GET /openapi.json",
+        "GET /users/batch",
+        "POST /users/batch",
+        "POST /users",
+        "GET /users/{user_id}",
+        "PUT /users/{user_id}",
+        "PATCH /users/{user_id}",
+        "DELETE /users/{user_id}",
+        "POST /users/{user_id}/notify",
+        "GET /users/{user_id}/notifications",
+        "GET /notifications/{notification_id}",
+        "POST /jobs/fetch",
+        "POST /jobs/compute",
+        "GET /jobs/{job_id}",
+        "ANY /{proxy+}",
+    }
     assert {r.function for r in routes} == {"ApiFunction"}
 
 

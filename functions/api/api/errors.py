@@ -2,18 +2,30 @@
 
 ApiError
 ├── BadRequest      the request is malformed beyond what validation names (400)
-├── NotFound        the resource does not exist (404)
+├── Unauthorized    the request carries no verified caller (401)
+├── NotFound        the resource does not exist, or is another tenant's (404)
 ├── Conflict        the request conflicts with the current state (409)
-└── PayloadTooLarge the body is over the limit (413)
+├── PayloadTooLarge the body is over the limit (413)
+└── TooManyRequests the caller is over one of its limits; ``retry_after_s`` says when to retry (429)
 """
 
 from __future__ import annotations
 
-__all__ = ["ApiError", "BadRequest", "Conflict", "NotFound", "PayloadTooLarge"]
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "Conflict",
+    "NotFound",
+    "PayloadTooLarge",
+    "TooManyRequests",
+    "Unauthorized",
+]
 
 
 class ApiError(Exception):
     status = 500
+    #: Response headers the status calls for (WWW-Authenticate, Retry-After).
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str, **extensions: object) -> None:
         self.detail = detail
@@ -35,3 +47,19 @@ class Conflict(ApiError):
 
 class PayloadTooLarge(ApiError):
     status = 413
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+    def __init__(self, detail: str, **extensions: object) -> None:
+        super().__init__(detail, **extensions)
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
+
+class TooManyRequests(ApiError):
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after_s: int, **extensions: object) -> None:
+        super().__init__(detail, **extensions)
+        self.headers = {"Retry-After": str(retry_after_s)}

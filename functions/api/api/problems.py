@@ -104,7 +104,7 @@ def internal_error(method: str, path: str, exc: BaseException) -> JSONResponse:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return problem(exc.status, exc.detail, extensions=exc.extensions)
+    return problem(exc.status, exc.detail, headers=exc.headers, extensions=exc.extensions)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

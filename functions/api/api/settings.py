@@ -26,6 +26,8 @@ class ApiSettings:
     jobs_results_bucket: str | None
     #: Where compute jobs' chunks go.
     compute_queue_url: str
+    #: Jobs (fetch and compute) a tenant may have queued or running at once.
+    jobs_in_flight_limit: int
     #: Each dependency check of GET /health gets this long, all of them at once.
     health_timeout_s: float
     max_body_bytes: int
@@ -50,6 +52,7 @@ class ApiSettings:
             job_retention_days=env.integer("JOB_RETENTION_DAYS", 30, minimum=1, maximum=3650),
             jobs_results_bucket=env.optional_text("JOBS_RESULTS_BUCKET"),
             compute_queue_url=env.url("COMPUTE_QUEUE_URL", ("https", "http")),
+            jobs_in_flight_limit=env.integer("JOBS_IN_FLIGHT_LIMIT", 10, minimum=1, maximum=1000),
             health_timeout_s=env.number("LAMBDALOOP_HEALTH_TIMEOUT_S", 1.0, minimum=0.01),
             max_body_bytes=env.integer("LAMBDALOOP_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             cache_enabled=env.flag("LAMBDALOOP_CACHE_ENABLED", True),

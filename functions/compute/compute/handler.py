@@ -4,7 +4,7 @@ Three events:
 
 - an SQS batch (the compute queue's event source, ReportBatchItemFailures): each record is a
   chunk of a job, run by :class:`ChunkRunner` and folded into the job;
-- a chunk itself, ``{"job_id", "chunk", "kind", "work"}`` (a message's payload), for
+- a chunk itself, ``{"tenant", "job_id", "chunk", "kind", "work"}`` (a message's payload), for
   ``sam local invoke -e`` or a retry by hand: run and folded the same way;
 - ``{"kind", "params"}``: the whole computation in this invocation, no job, the result
   returned (``{"kind", "result"}``); bad params are a ``ParamsError`` naming the field.

@@ -1,9 +1,9 @@
 """Run one chunk of a compute job and fold its partial result into the job.
 
 A compute job (see :mod:`lambdaloop.compute.kinds`) is split by the API into chunks, one
-``job.compute`` message each: ``{"job_id", "chunk", "kind", "work"}`` with the id
-``<job_id>.c<chunk>``. Many invocations run a job's chunks at once (the event source's
-MaximumConcurrency is the fan-out width).
+``job.compute`` message each: ``{"tenant", "job_id", "chunk", "kind", "work"}`` with the id
+:meth:`~lambdaloop.jobs.JobRef.chunk_id`. Many invocations run a job's chunks at once
+(the event source's MaximumConcurrency is the fan-out width).
 
 - **In the pool.** The chunk's work is split again, once per worker of the environment's
   process pool, and the parts' partials reduced: a chunk uses every vCPU the function has
@@ -30,21 +30,16 @@ from lambdaloop.compute.kinds import Kind, ParamsError, get_kind, reduce_partial
 from lambdaloop.compute.pool import ProcessPool
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import RetryLater
-from lambdaloop.jobs import FINAL, JobStore, folded
+from lambdaloop.jobs import FINAL, JobRef, JobStore, folded
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline
 
-__all__ = ["JOB_COMPUTE", "ChunkRunner", "chunk_id", "compute"]
+__all__ = ["JOB_COMPUTE", "ChunkRunner", "compute"]
 
 logger = logging.getLogger(__name__)
 
 #: The envelope type of a compute chunk (the API publishes one per chunk).
 JOB_COMPUTE = "job.compute"
-
-
-def chunk_id(job_id: str, chunk: int) -> str:
-    """The envelope id of a job's chunk."""
-    return f"{job_id}.c{chunk}"
 
 
 async def compute(
@@ -68,49 +63,47 @@ class ChunkRunner:
         self._pool = pool
 
     async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
-        job_id, chunk, kind_name, work = _message(envelope.payload)
+        ref, chunk, kind_name, work = _message(envelope.payload)
         try:
-            return await self.run_chunk(job_id, chunk, kind_name, work, context.deadline)
+            return await self.run_chunk(ref, chunk, kind_name, work, context.deadline)
         except Exception as exc:
             reason = f"chunk {chunk}: {type(exc).__name__}: {exc}"
             if context.receive_count < self._settings.max_attempts:
                 raise RetryLater(reason) from exc
             await self._jobs.give_up(
-                job_id, f"gave up after {context.receive_count} attempts: {reason}"
+                ref, f"gave up after {context.receive_count} attempts: {reason}"
             )
             raise RetryLater(reason, delay_s=0) from exc  # on to the dead-letter queue
 
     async def run_chunk(
-        self, job_id: str, chunk: int, kind_name: str, work: dict[str, Any], deadline: Deadline
+        self, ref: JobRef, chunk: int, kind_name: str, work: dict[str, Any], deadline: Deadline
     ) -> dict[str, Any]:
         """Compute the chunk (unless it was folded already) and fold it into the job."""
-        job = await self._jobs.get(job_id, consistent=True)
+        job = await self._jobs.get(ref, consistent=True)
         if job is None:
-            logger.warning("job %s: no record (expired?); chunk %d dropped", job_id, chunk)
+            logger.warning("job %s: no record (expired?); chunk %d dropped", ref, chunk)
             return {"status": "missing"}
         if job["status"] in FINAL or chunk in folded(job):
             return {"status": job["status"], "duplicate": chunk in folded(job)}
         try:
             kind = get_kind(kind_name)
         except ParamsError as exc:
-            await self._jobs.give_up(job_id, f"chunk {chunk}: {exc}")
+            await self._jobs.give_up(ref, f"chunk {chunk}: {exc}")
             return {"status": "failed"}
         partial = await compute(
             self._pool, kind, work, deadline=deadline, margin_s=self._settings.margin_s
         )
-        after = await self._jobs.fold(job_id, chunk, partial, kind.reduce, kind.finish)
+        after = await self._jobs.fold(ref, chunk, partial, kind.reduce, kind.finish)
         if after is None:
             return {"status": "missing"}
         return {"status": after["status"], "done": int(after["done"]), "total": int(after["total"])}
 
 
-def _message(payload: dict[str, Any]) -> tuple[str, int, str, dict[str, Any]]:
-    job_id, chunk = payload.get("job_id"), payload.get("chunk")
+def _message(payload: dict[str, Any]) -> tuple[JobRef, int, str, dict[str, Any]]:
+    ref, chunk = JobRef.parse(payload), payload.get("chunk")
     kind, work = payload.get("kind"), payload.get("work")
-    if not isinstance(job_id, str) or not job_id:
-        raise ValueError(f"payload.job_id: expected a non-empty string, got {job_id!r:.40}")
     if type(chunk) is not int or chunk < 0:
         raise ValueError(f"payload.chunk: expected an integer >= 0, got {chunk!r:.40}")
     if not isinstance(kind, str) or not isinstance(work, dict):
         raise ValueError("payload.kind and payload.work: expected a string and an object")
-    return job_id, chunk, kind, work
+    return ref, chunk, kind, work

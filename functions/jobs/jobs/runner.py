@@ -3,9 +3,9 @@ and either finish the job or hand the rest to the next part.
 
 A job is ``{"urls": [...], "concurrency": C, "store_bodies": bool}`` (see
 :class:`lambdaloop.jobs.JobStore`);
-its messages are ``job.fetch`` envelopes ``{"job_id", "part"}`` with the id
-``<job_id>.<part>`` (the idempotency key: a redelivered part whose run completed is
-replayed, not run again).
+its messages are ``job.fetch`` envelopes ``{"tenant", "job_id", "part"}`` with the id
+:meth:`~lambdaloop.jobs.JobRef.part_id` (the idempotency key: a redelivered part whose run
+completed is replayed, not run again).
 
 - **Only what is left.** A part fetches the indexes that have no stored result
   (:meth:`~lambdaloop.jobs.JobStore.done_indexes`), so a redelivered or continued part
@@ -22,7 +22,7 @@ replayed, not run again).
   flight when only ``part_margin_s`` is left are cancelled (the next part fetches them).
   What finished is stored and the next part is published: ``{"status": "continued"}``.
 - **Bodies**, for a job with ``store_bodies``: each body read in full is put in the
-  results bucket under ``jobs/<job_id>/<sha256>`` (content-addressed: a retried or repeated
+  results bucket under ``jobs/<tenant>/<job_id>/<sha256>`` (content-addressed: a retried or repeated
   body is one object) before its result, which names it as ``body_key``, is stored; so no
   result points at a missing object. Uploads run ``upload_concurrency`` at a time while the
   fetching goes on; one that fails fails the part, and the next part fetches its URL again.
@@ -48,12 +48,12 @@ from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import ConditionFailed
 from lambdaloop.fetch import MAX_CONCURRENCY, Fetcher, FetchOptions, FetchResult
-from lambdaloop.jobs import FINAL, JobStore
+from lambdaloop.jobs import FINAL, JobRef, JobStore
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline
 from lambdaloop.ssrf import Policy
 
-__all__ = ["JOB_FETCH", "FetchJobRunner", "part_id"]
+__all__ = ["JOB_FETCH", "FetchJobRunner"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +73,6 @@ class Continuations(Protocol):
 
 class InvalidJob(ValueError):
     """The job's params cannot be run (they never will)."""
-
-
-def part_id(job_id: str, part: int) -> str:
-    """The envelope id (idempotency key) of a job's part."""
-    return f"{job_id}.{part}"
 
 
 class FetchJobRunner:
@@ -103,22 +98,22 @@ class FetchJobRunner:
         self._clock = clock
 
     async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
-        job_id, part = _message(envelope.payload)
+        ref, part = _message(envelope.payload)
         try:
-            return await self.run_part(job_id, part, context.deadline)
+            return await self.run_part(ref, part, context.deadline)
         except Exception as exc:
             if context.receive_count >= self._settings.max_attempts:
                 await self._jobs.give_up(
-                    job_id,
+                    ref,
                     f"gave up after {context.receive_count} attempts: {type(exc).__name__}",
                 )
             raise
 
-    async def run_part(self, job_id: str, part: int, deadline: Deadline) -> dict[str, Any]:
+    async def run_part(self, ref: JobRef, part: int, deadline: Deadline) -> dict[str, Any]:
         """Run part ``part`` of the job until it is done or ``deadline`` is near."""
-        job = await self._jobs.get(job_id, consistent=True)
+        job = await self._jobs.get(ref, consistent=True)
         if job is None:
-            logger.warning("job %s: no record (expired?); part %d dropped", job_id, part)
+            logger.warning("job %s: no record (expired?); part %d dropped", ref, part)
             return {"status": "missing"}
         if job["status"] in FINAL:
             return {"status": job["status"]}
@@ -127,41 +122,41 @@ class FetchJobRunner:
             if store_bodies and self._bodies is None:
                 raise InvalidJob("store_bodies: this stack has no results bucket")
         except InvalidJob as exc:
-            await self._jobs.give_up(job_id, f"invalid job: {exc}")
+            await self._jobs.give_up(ref, f"invalid job: {exc}")
             return {"status": "failed", "error": f"invalid job: {exc}"}
         try:
-            await self._jobs.start(job_id)
+            await self._jobs.start(ref)
         except ConditionFailed:  # made final meanwhile, or gone
-            latest = await self._jobs.get(job_id, consistent=True)
+            latest = await self._jobs.get(ref, consistent=True)
             return {"status": "missing" if latest is None else latest["status"]}
-        done = await self._jobs.done_indexes(job_id)
+        done = await self._jobs.done_indexes(ref)
         todo: dict[str, list[int]] = {}  # URL -> its indexes without a result (in order)
         for index, url in enumerate(urls):
             if index not in done:
                 todo.setdefault(url, []).append(index)
         if todo:
             bodies = self._bodies if store_bodies else None
-            await self._fetch(job_id, todo, done, concurrency, bodies=bodies, deadline=deadline)
+            await self._fetch(ref, todo, done, concurrency, bodies=bodies, deadline=deadline)
         if todo:  # stopped for the deadline: the next part fetches the rest
             next_part = part + 1
             await self._continuations.publish(
-                JOB_FETCH, {"job_id": job_id, "part": next_part}, id=part_id(job_id, next_part)
+                JOB_FETCH, {**ref.payload(), "part": next_part}, id=ref.part_id(next_part)
             )
             logger.info(
                 "job %s: part %d stored %d of %d; part %d continues",
-                job_id,
+                ref,
                 part,
                 len(done),
                 len(urls),
                 next_part,
             )
             return {"status": "continued", "done": len(done)}
-        await self._jobs.finish(job_id, "succeeded")
+        await self._jobs.finish(ref, "succeeded")
         return {"status": "succeeded", "done": len(done)}
 
     async def _fetch(
         self,
-        job_id: str,
+        ref: JobRef,
         todo: dict[str, list[int]],
         done: set[int],
         concurrency: int,
@@ -186,7 +181,7 @@ class FetchJobRunner:
         )
         part = _Part(
             self._jobs,
-            job_id,
+            ref,
             todo=todo,
             done=done,
             bodies=bodies,
@@ -204,7 +199,7 @@ class FetchJobRunner:
                     finished, _ = await asyncio.wait({step}, timeout=part.wait_s())
                     if not finished:
                         if part.out_of_time():
-                            logger.warning("job %s: deadline near, cancelling the fetches", job_id)
+                            logger.warning("job %s: deadline near, cancelling the fetches", ref)
                             break
                         await part.flush()  # the interval passed while waiting for a result
                         continue
@@ -233,7 +228,7 @@ class _Part:
     def __init__(
         self,
         jobs: JobStore,
-        job_id: str,
+        ref: JobRef,
         *,
         todo: dict[str, list[int]],
         done: set[int],
@@ -243,7 +238,7 @@ class _Part:
         clock: Callable[[], float],
     ) -> None:
         self._jobs = jobs
-        self._job_id = job_id
+        self._ref = ref
         self._todo = todo
         self._done = done
         self._bodies = bodies
@@ -264,9 +259,7 @@ class _Part:
         no_start = fetch_timeout_s + self._settings.part_margin_s
         for started, url in enumerate(urls):
             if started >= concurrency and self._deadline.remaining() < no_start:
-                logger.info(
-                    "job %s: deadline near, %d URL(s) left", self._job_id, len(urls) - started
-                )
+                logger.info("job %s: deadline near, %d URL(s) left", self._ref, len(urls) - started)
                 return
             yield url
 
@@ -288,7 +281,7 @@ class _Part:
         indexes = self._todo.pop(result.url, [])
         stored = result.to_dict()
         if self._bodies is not None and result.body is not None and result.sha256:
-            stored["body_key"] = f"jobs/{self._job_id}/{result.sha256}"
+            stored["body_key"] = f"{self._ref.object_prefix}{result.sha256}"
             # Waiting for a slot holds the stream back: bodies in memory stay bounded.
             await self._upload_slots.acquire()
             task = asyncio.create_task(
@@ -361,7 +354,7 @@ class _Part:
         if not self._buffer:
             return
         indexes = {index for index, _ in self._buffer}
-        await self._jobs.save_results(self._job_id, self._buffer, done=len(self._done | indexes))
+        await self._jobs.save_results(self._ref, self._buffer, done=len(self._done | indexes))
         self._done.update(indexes)
         self._buffer.clear()
 
@@ -370,13 +363,11 @@ async def _next(iterator: AsyncIterator[T]) -> T | None:
     return await anext(iterator, None)
 
 
-def _message(payload: dict[str, Any]) -> tuple[str, int]:
-    job_id, part = payload.get("job_id"), payload.get("part")
-    if not isinstance(job_id, str) or not job_id:
-        raise ValueError(f"payload.job_id: expected a non-empty string, got {job_id!r:.40}")
+def _message(payload: dict[str, Any]) -> tuple[JobRef, int]:
+    ref, part = JobRef.parse(payload), payload.get("part")
     if type(part) is not int or part < 0:
         raise ValueError(f"payload.part: expected an integer >= 0, got {part!r:.40}")
-    return job_id, part
+    return ref, part
 
 
 def _params(params: object) -> tuple[list[str], int, bool]:

@@ -7,6 +7,8 @@ none, and keep its record (status, attempts, error) true.
 - The attempt that reaches the queue's maxReceiveCount marks the notification failed and
   still fails the message, which SQS then moves to the dead-letter queue (for inspection
   and redrive; a redriven message is delivered again, as only delivered is final here).
+
+The message names its tenant; the record is looked up inside that tenant's partition only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import aiohttp
 from lambdaloop import webhooks
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import ConditionFailed, RetryLater
+from lambdaloop.notifications import Delivery
 from lambdaloop.queue import Envelope
 from lambdaloop.store import Item, Key, utc_timestamp
 
@@ -31,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 class Records(Protocol):
-    """What delivery needs of :class:`lambdaloop.store.Table` (key ``id``)."""
+    """What delivery needs of :class:`lambdaloop.store.Table` (key ``pk``)."""
 
     async def get(self, key: Key, *, consistent: bool = False) -> Item | None: ...
     async def update(
@@ -75,36 +78,35 @@ class Deliverer:
 
     async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
         last = context.receive_count >= self._max_attempts
+        delivery = Delivery.parse(envelope)
         try:
-            return await self._deliver(envelope.id, last)
+            return await self._deliver(delivery, last)
         except RetryLater as exc:
             if last:
-                await self._fail(
-                    envelope.id, f"gave up after {context.receive_count} attempts: {exc}"
-                )
+                await self._fail(delivery, f"gave up after {context.receive_count} attempts: {exc}")
                 # Back at once: the next receive moves it to the dead-letter queue.
                 raise RetryLater(str(exc), delay_s=0) from exc
             raise
         except Exception as exc:
             if last:
-                await self._fail(envelope.id, f"gave up: {type(exc).__name__}")
+                await self._fail(delivery, f"gave up: {type(exc).__name__}")
             raise
 
-    async def _deliver(self, notification_id: str, last: bool) -> dict[str, Any]:
-        key = {"id": notification_id}
+    async def _deliver(self, delivery: Delivery, last: bool) -> dict[str, Any]:
+        notification_id = delivery.notification_id
         try:
             record = await self._unless_delivered(
-                notification_id, {"updated_at": self._clock()}, add={"attempts": 1}
+                delivery, {"updated_at": self._clock()}, add={"attempts": 1}
             )
         except ConditionFailed:
-            existing = await self._records.get(key, consistent=True)
+            existing = await self._records.get(delivery.key, consistent=True)
             if existing is None:
                 logger.warning("notification %s: no record (expired?); dropped", notification_id)
                 return {"status": "missing"}
             return {"status": existing["status"]}  # delivered by an earlier attempt
         url = record.get("webhook_url")
         if not url:
-            await self._delivered(notification_id, None)
+            await self._delivered(delivery, None)
             return {"status": "delivered", "channel": "inbox"}
         attempt = await webhooks.post(
             self._session(),
@@ -115,16 +117,18 @@ class Deliverer:
             client_timeout=self._timeout,
         )
         if attempt.verdict is webhooks.Verdict.DELIVERED:
-            await self._delivered(notification_id, attempt.status)
+            await self._delivered(delivery, attempt.status)
             return {"status": "delivered", "channel": "webhook", "http_status": attempt.status}
         if attempt.verdict is webhooks.Verdict.REJECTED:
-            await self._fail(notification_id, f"refused: {attempt.detail}")
+            await self._fail(delivery, f"refused: {attempt.detail}")
             return {"status": "failed", "error": attempt.detail}
         if not last:
-            await self._records.update(key, {"error": attempt.detail, "updated_at": self._clock()})
+            await self._records.update(
+                delivery.key, {"error": attempt.detail, "updated_at": self._clock()}
+            )
         raise RetryLater(attempt.detail, attempt.retry_after_s)
 
-    async def _delivered(self, notification_id: str, http_status: int | None) -> None:
+    async def _delivered(self, delivery: Delivery, http_status: int | None) -> None:
         now = self._clock()
         changes: dict[str, Any] = {
             "status": "delivered",
@@ -134,25 +138,25 @@ class Deliverer:
         }
         if http_status is not None:
             changes["http_status"] = http_status
-        await self._records.update({"id": notification_id}, changes)
+        await self._records.update(delivery.key, changes)
 
-    async def _fail(self, notification_id: str, reason: str) -> None:
+    async def _fail(self, delivery: Delivery, reason: str) -> None:
         with contextlib.suppress(ConditionFailed):  # delivered after all: nothing to mark
             await self._unless_delivered(
-                notification_id,
+                delivery,
                 {"status": "failed", "error": reason[:500], "updated_at": self._clock()},
             )
-        logger.warning("notification %s failed: %s", notification_id, reason)
+        logger.warning("notification %s failed: %s", delivery.notification_id, reason)
 
     async def _unless_delivered(
         self,
-        notification_id: str,
+        delivery: Delivery,
         changes: dict[str, Any],
         add: dict[str, int | float] | None = None,
     ) -> Item:
         """Update the record unless it says delivered (final), else ConditionFailed."""
         return await self._records.update(
-            {"id": notification_id},
+            delivery.key,
             changes,
             add=add,
             condition="#status <> :delivered",

@@ -14,6 +14,7 @@ import aiohttp
 from lambdaloop.consumer import RetryPolicy, SqsProcessor
 from lambdaloop.fetch import guarded_session
 from lambdaloop.idempotency import IdempotencyGuard
+from lambdaloop.notifications import DELIVER
 from lambdaloop.observability import get_logger, route_logs
 from lambdaloop.runtime import lambda_handler
 from lambdaloop.secrets_manager import SecretsManager
@@ -23,16 +24,13 @@ from lambdaloop.store import Table
 from notify.delivery import Deliverer
 from notify.settings import NotifySettings, get_notify_settings
 
-__all__ = ["DELIVER", "build_processor", "handler"]
-
-#: The envelope type the API publishes.
-DELIVER = "notification.deliver"
+__all__ = ["build_processor", "handler"]
 
 
 def build_processor(settings: NotifySettings, *, local_mode: bool = False) -> SqsProcessor:
     policy = Policy.for_user_urls(local_mode)  # users choose webhook URLs
     deliverer = Deliverer(
-        Table(settings.notifications_table, key_schema=("id",)),
+        Table(settings.notifications_table, key_schema=("pk",)),
         SecretsManager(),
         lambda: guarded_session(policy),
         secret_id=settings.signing_secret_id,

@@ -11,12 +11,7 @@ from lambdaloop.jobs import JobStore
 from lambdaloop.queue import Publisher
 from lambdaloop.store import Table
 
-__all__ = ["get_jobs_service", "jobs_service", "jobs_service_cache_clear"]
-
-
-async def jobs_service() -> JobsService:
-    """FastAPI dependency."""
-    return get_jobs_service()
+__all__ = ["get_jobs_service", "jobs_service_cache_clear"]
 
 
 @functools.cache
@@ -29,6 +24,7 @@ def get_jobs_service() -> JobsService:
         ),
         Publisher(settings.jobs_queue_url),
         Publisher(settings.compute_queue_url),
+        in_flight_limit=settings.jobs_in_flight_limit,
         bodies=Bucket(settings.jobs_results_bucket) if settings.jobs_results_bucket else None,
     )
 

@@ -5,37 +5,36 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 
-from api.jobs.dependencies import jobs_service
+from api.identity import JobsRead, JobsWrite
+from api.jobs.dependencies import get_jobs_service
 from api.jobs.models import DEFAULT_PAGE, MAX_PAGE, ComputeRequest, FetchRequest, Job, Queued
-from api.jobs.service import JobsService
 from api.middleware import correlation_id_var
 from lambdaloop.compute.kinds import ParamsError
 
 __all__ = ["install"]
 
-Service = Annotated[JobsService, Depends(jobs_service)]
 JobId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 async def create_fetch_job(
-    service: Service, body: FetchRequest, response: Response
+    tenant: JobsWrite, body: FetchRequest, response: Response
 ) -> dict[str, Any]:
-    job_id = await service.fetch(
-        body.urls, body.concurrency, body.store_bodies, correlation_id_var.get()
+    job_id = await get_jobs_service().fetch(
+        tenant, body.urls, body.concurrency, body.store_bodies, correlation_id_var.get()
     )
     response.headers["Location"] = f"/jobs/{job_id}"
     return {"job_id": job_id, "status": "queued"}
 
 
 async def create_compute_job(
-    service: Service, body: ComputeRequest, response: Response
+    tenant: JobsWrite, body: ComputeRequest, response: Response
 ) -> dict[str, Any]:
     try:
-        job_id = await service.compute(
-            body.kind, body.params, body.chunks, correlation_id_var.get()
+        job_id = await get_jobs_service().compute(
+            tenant, body.kind, body.params, body.chunks, correlation_id_var.get()
         )
     except ParamsError as exc:
         # The kind's own checks, reported like the model's: 422 naming the field.
@@ -48,12 +47,12 @@ async def create_compute_job(
 
 
 async def get_job(
-    service: Service,
+    tenant: JobsRead,
     job_id: JobId,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return await service.get(job_id, limit, cursor)
+    return await get_jobs_service().get(tenant, job_id, limit, cursor)
 
 
 def install(router: APIRouter) -> None:

@@ -13,21 +13,15 @@ from lambdaloop.store import Table
 
 __all__ = [
     "get_notifications_service",
-    "notifications_service",
     "notifications_service_cache_clear",
 ]
-
-
-async def notifications_service() -> NotificationsService:
-    """FastAPI dependency."""
-    return get_notifications_service()
 
 
 @functools.cache
 def get_notifications_service() -> NotificationsService:
     settings = get_api_settings()
     return NotificationsService(
-        NotificationsRepository(Table(settings.notifications_table, key_schema=("id",))),
+        NotificationsRepository(Table(settings.notifications_table, key_schema=("pk",))),
         get_users_service(),
         Publisher(settings.notify_queue_url),
         retention_s=settings.notification_retention_days * 86_400,

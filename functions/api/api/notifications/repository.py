@@ -1,8 +1,6 @@
-"""Notification records in their own table (key ``id``), listed per user through the
-``by_user`` index (``user_id``, ``created_at``).
-
-The notify function updates the same records (status, attempts, error): this module and
-``functions/notify`` agree on the attributes below and on nothing else.
+"""Notification records in their own table (key ``pk``, inside the tenant's partition),
+listed per user through the ``by_user`` index (``owner``, ``created_at``): see
+:mod:`lambdaloop.notifications`, which the notify function shares.
 """
 
 from __future__ import annotations
@@ -13,11 +11,12 @@ import json
 from typing import Any
 
 from api.errors import BadRequest
+from lambdaloop.notifications import BY_USER_INDEX, owner, record_key
 from lambdaloop.store import Item, Key, Table
+from lambdaloop.tenancy import partition
 
-__all__ = ["BY_USER_INDEX", "NotificationsRepository", "public"]
+__all__ = ["NotificationsRepository", "public"]
 
-BY_USER_INDEX = "by_user"
 _PUBLIC = (
     "id",
     "user_id",
@@ -30,7 +29,7 @@ _PUBLIC = (
     "delivered_at",
     "error",
 )
-_CURSOR_KEYS = frozenset({"id", "user_id", "created_at"})
+_CURSOR_KEYS = frozenset({"pk", "owner", "created_at"})
 
 
 def public(item: Item) -> dict[str, Any]:
@@ -42,17 +41,24 @@ class NotificationsRepository:
     def __init__(self, table: Table) -> None:
         self.table = table
 
-    async def create(self, item: Item) -> None:
-        await self.table.create(item)
+    async def create(self, tenant: str, item: Item) -> None:
+        """Store a new notification (``id`` and ``user_id`` among its attributes)."""
+        await self.table.create(
+            {
+                **item,
+                **record_key(tenant, item["id"]),
+                "owner": owner(tenant, item["user_id"]),
+            }
+        )
 
-    async def get(self, notification_id: str) -> Item | None:
-        return await self.table.get({"id": notification_id})
+    async def get(self, tenant: str, notification_id: str) -> Item | None:
+        return await self.table.get(record_key(tenant, notification_id))
 
-    async def not_queued(self, notification_id: str, now: str, reason: str) -> None:
+    async def not_queued(self, tenant: str, notification_id: str, now: str, reason: str) -> None:
         """Mark a notification that never reached the queue failed, unless its message did
         get through after all and it was delivered meanwhile."""
         await self.table.update(
-            {"id": notification_id},
+            record_key(tenant, notification_id),
             {"status": "failed", "error": reason, "updated_at": now},
             condition="#status = :queued",
             names={"#status": "status"},
@@ -60,17 +66,18 @@ class NotificationsRepository:
         )
 
     async def for_user(
-        self, user_id: int, limit: int, cursor: str | None
+        self, tenant: str, user_id: int, limit: int, cursor: str | None
     ) -> tuple[list[Item], str | None]:
         """A page of the user's notifications, newest first, and the next page's cursor."""
+        user = owner(tenant, user_id)
         page = await self.table.query(
-            "#user_id = :user_id",
-            names={"#user_id": "user_id"},
-            values={":user_id": user_id},
+            "#owner = :owner",
+            names={"#owner": "owner"},
+            values={":owner": user},
             index=BY_USER_INDEX,
             limit=limit,
             newest_first=True,
-            start_key=_decode_cursor(cursor, user_id) if cursor else None,
+            start_key=_decode_cursor(cursor, tenant, user) if cursor else None,
         )
         return page.items, _encode_cursor(page.next_key) if page.next_key else None
 
@@ -80,8 +87,9 @@ def _encode_cursor(key: Key) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, user_id: int) -> Key:
-    """The key a cursor holds; a cursor that is not one of this user's is a 400."""
+def _decode_cursor(cursor: str, tenant: str, user: str) -> Key:
+    """The key a cursor holds; a cursor that is not one of this user's (in this tenant) is
+    a 400, so a cursor never starts a page in another partition."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         key = json.loads(text)
@@ -90,8 +98,10 @@ def _decode_cursor(cursor: str, user_id: int) -> Key:
     valid = (
         isinstance(key, dict)
         and key.keys() == _CURSOR_KEYS
-        and key["user_id"] == user_id
-        and all(isinstance(key[name], str) for name in ("id", "created_at"))
+        and key["owner"] == user
+        and isinstance(key["pk"], str)
+        and key["pk"].startswith(partition(tenant) + "#")
+        and isinstance(key["created_at"], str)
     )
     if not valid:
         raise BadRequest("cursor is not one this listing gave", field="query.cursor")

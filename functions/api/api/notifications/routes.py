@@ -5,39 +5,47 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
+from api.identity import NotificationsRead, NotificationsWrite
 from api.middleware import correlation_id_var
-from api.notifications.dependencies import notifications_service
+from api.notifications.dependencies import get_notifications_service
 from api.notifications.models import MAX_PAGE, Inbox, Notification, NotifyRequest, Queued
-from api.notifications.service import NotificationsService
 from api.users.routes import PathId
 
 __all__ = ["install"]
 
-Service = Annotated[NotificationsService, Depends(notifications_service)]
 NotificationId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 async def notify(
-    service: Service, user_id: PathId, body: NotifyRequest, response: Response
+    tenant: NotificationsWrite,
+    user_id: PathId,
+    body: NotifyRequest,
+    response: Response,
 ) -> dict[str, Any]:
-    notification_id = await service.notify(user_id, body.message, correlation_id_var.get())
+    notification_id = await get_notifications_service().notify(
+        tenant, user_id, body.message, correlation_id_var.get()
+    )
     response.headers["Location"] = f"/notifications/{notification_id}"
     return {"notification_id": notification_id, "status": "queued"}
 
 
-async def get_notification(service: Service, notification_id: NotificationId) -> dict[str, Any]:
-    return await service.get(notification_id)
+async def get_notification(
+    tenant: NotificationsRead, notification_id: NotificationId
+) -> dict[str, Any]:
+    return await get_notifications_service().get(tenant, notification_id)
 
 
 async def inbox(
-    service: Service,
+    tenant: NotificationsRead,
     user_id: PathId,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> dict[str, Any]:
-    notifications, next_cursor = await service.inbox(user_id, limit, cursor)
+    notifications, next_cursor = await get_notifications_service().inbox(
+        tenant, user_id, limit, cursor
+    )
     return {"notifications": notifications, "next_cursor": next_cursor}
 
 

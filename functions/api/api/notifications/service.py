@@ -16,19 +16,17 @@ from typing import Any, Protocol
 from api.errors import NotFound
 from api.notifications.repository import NotificationsRepository, public
 from lambdaloop.errors import DependencyError, DependencyUnavailable, PublishError
-from lambdaloop.queue import Publisher
+from lambdaloop.notifications import Delivery
+from lambdaloop.queue import OutgoingMessage, Publisher
 from lambdaloop.store import utc_timestamp
 
-__all__ = ["DELIVER", "NotificationsService"]
+__all__ = ["NotificationsService"]
 
 logger = logging.getLogger(__name__)
 
-#: The envelope type the notify function handles.
-DELIVER = "notification.deliver"
-
 
 class Users(Protocol):
-    async def get(self, user_id: int) -> dict[str, Any]: ...
+    async def get(self, tenant: str, user_id: int) -> dict[str, Any]: ...
 
 
 class NotificationsService:
@@ -47,9 +45,11 @@ class NotificationsService:
         self._retention_s = retention_s
         self._clock = clock
 
-    async def notify(self, user_id: int, message: str, correlation_id: str | None) -> str:
+    async def notify(
+        self, tenant: str, user_id: int, message: str, correlation_id: str | None
+    ) -> str:
         """Queue ``message`` for the user; the notification's id. NotFound for no user."""
-        user = await self._users.get(user_id)
+        user = await self._users.get(tenant, user_id)
         notification_id = uuid.uuid4().hex
         now = self._clock()
         webhook = user.get("webhook_url")
@@ -66,36 +66,34 @@ class NotificationsService:
         }
         if webhook:
             item["webhook_url"] = webhook  # the address when notified, not when delivered
-        await self.repository.create(item)
+        await self.repository.create(tenant, item)
         try:
-            await self._queue.publish(
-                DELIVER,
-                {"notification_id": notification_id, "user_id": user_id},
-                id=notification_id,
-                correlation_id=correlation_id,
+            envelope = Delivery(tenant, notification_id).envelope(user_id)
+            await self._queue.publish_many(
+                [OutgoingMessage(envelope, correlation_id=correlation_id)]
             )
         except (PublishError, DependencyError) as exc:
-            await self._give_up(notification_id, exc)
+            await self._give_up(tenant, notification_id)
             raise DependencyUnavailable("sqs", f"notification not queued: {exc}") from exc
         return notification_id
 
-    async def _give_up(self, notification_id: str, exc: Exception) -> None:
+    async def _give_up(self, tenant: str, notification_id: str) -> None:
         try:
-            await self.repository.not_queued(notification_id, self._clock(), "not queued")
+            await self.repository.not_queued(tenant, notification_id, self._clock(), "not queued")
         except Exception:
             # The client hears 503 either way; the record stays queued until it expires.
             logger.exception("notification %s: could not mark it failed", notification_id)
 
-    async def get(self, notification_id: str) -> dict[str, Any]:
-        item = await self.repository.get(notification_id)
+    async def get(self, tenant: str, notification_id: str) -> dict[str, Any]:
+        item = await self.repository.get(tenant, notification_id)
         if item is None:
             raise NotFound(f"Notification {notification_id} does not exist")
         return public(item)
 
     async def inbox(
-        self, user_id: int, limit: int, cursor: str | None
+        self, tenant: str, user_id: int, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """The user's notifications, newest first (NotFound for no user)."""
-        await self._users.get(user_id)
-        items, next_cursor = await self.repository.for_user(user_id, limit, cursor)
+        await self._users.get(tenant, user_id)
+        items, next_cursor = await self.repository.for_user(tenant, user_id, limit, cursor)
         return [public(item) for item in items], next_cursor

@@ -11,12 +11,7 @@ from lambdaloop.breaker import CircuitBreaker
 from lambdaloop.cache import Cache
 from lambdaloop.store import Table
 
-__all__ = ["get_users_service", "users_service", "users_service_cache_clear"]
-
-
-async def users_service() -> UsersService:
-    """FastAPI dependency (async: a sync one would cost a thread hop on every request)."""
-    return get_users_service()
+__all__ = ["get_users_service", "users_service_cache_clear"]
 
 
 @functools.cache

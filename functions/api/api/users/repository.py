@@ -1,9 +1,12 @@
 """Users in DynamoDB (single-table design), with email uniqueness enforced by DynamoDB.
 
-USER#<id>      PROFILE   the user (with a version for optimistic concurrency)
-EMAIL#<email>  EMAIL     the email's owner: claimed in the same transaction as the user,
-                         so two users can never hold one address (no read-then-write)
-COUNTER#users  COUNTER   the last server-assigned id (UpdateItem ADD)
+Every key is inside the tenant's partition (``T#<tenant>``, :mod:`lambdaloop.tenancy`): ids,
+emails and the id counter are per tenant, and no key of one tenant names another's record.
+
+T#<tenant>#USER#<id>      PROFILE   the user (with a version for optimistic concurrency)
+T#<tenant>#EMAIL#<email>  EMAIL     the email's owner: claimed in the same transaction as the
+                                    user, so two users can never hold one address
+T#<tenant>#COUNTER#users  COUNTER   the last server-assigned id (UpdateItem ADD)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Protocol
 from api.errors import Conflict
 from lambdaloop.errors import ConditionFailed, DependencyUnavailable, TransactionConflict
 from lambdaloop.store import BatchGetResult, Item, Key, TransactOp
+from lambdaloop.tenancy import scoped
 
 __all__ = ["TRANSACTION_USERS", "TableLike", "UserExists", "UsersRepository", "public"]
 
@@ -48,16 +52,17 @@ class UserExists(Exception):
     """A user with this id already exists (a create lost a race, or ids collided)."""
 
 
-def user_key(user_id: int) -> Key:
-    return {"pk": f"USER#{user_id}", "sk": "PROFILE"}
+def user_key(tenant: str, user_id: int) -> Key:
+    return {"pk": scoped(tenant, "USER", user_id), "sk": "PROFILE"}
 
 
-def email_key(email: str) -> Key:
+def email_key(tenant: str, email: str) -> Key:
     # One claim per address whatever its case: Bob@x.org and bob@x.org are one mailbox.
-    return {"pk": f"EMAIL#{email.lower()}", "sk": "EMAIL"}
+    return {"pk": scoped(tenant, "EMAIL", email.lower()), "sk": "EMAIL"}
 
 
-_COUNTER = {"pk": "COUNTER#users", "sk": "COUNTER"}
+def _counter(tenant: str) -> Key:
+    return {"pk": scoped(tenant, "COUNTER", "users"), "sk": "COUNTER"}
 
 
 def public(item: Item) -> dict[str, Any]:
@@ -67,15 +72,15 @@ def public(item: Item) -> dict[str, Any]:
     return user
 
 
-def _user_item(user: dict[str, Any], version: int) -> Item:
-    item = {**user_key(user["id"]), **{k: v for k, v in user.items() if v is not None}}
+def _user_item(tenant: str, user: dict[str, Any], version: int) -> Item:
+    item = {**user_key(tenant, user["id"]), **{k: v for k, v in user.items() if v is not None}}
     item["version"] = version
     return item
 
 
-def _claim(user: dict[str, Any]) -> TransactOp:
+def _claim(tenant: str, user: dict[str, Any]) -> TransactOp:
     return TransactOp.put(
-        {**email_key(user["email"]), "user_id": user["id"]},
+        {**email_key(tenant, user["email"]), "user_id": user["id"]},
         condition="attribute_not_exists(pk)",
     )
 
@@ -84,25 +89,25 @@ class UsersRepository:
     def __init__(self, table: TableLike) -> None:
         self.table = table
 
-    async def get(self, user_id: int, *, consistent: bool = False) -> Item | None:
-        return await self.table.get(user_key(user_id), consistent=consistent)
+    async def get(self, tenant: str, user_id: int, *, consistent: bool = False) -> Item | None:
+        return await self.table.get(user_key(tenant, user_id), consistent=consistent)
 
-    async def get_many(self, user_ids: Sequence[int]) -> list[Item]:
+    async def get_many(self, tenant: str, user_ids: Sequence[int]) -> list[Item]:
         """The users that exist, in one BatchGetItem (per 100); the rest are missing."""
-        result = await self.table.batch_get([user_key(i) for i in user_ids])
+        result = await self.table.batch_get([user_key(tenant, i) for i in user_ids])
         if result.unprocessed:
             raise DependencyUnavailable("dynamodb", f"{len(result.unprocessed)} keys unread")
         return result.items
 
-    async def next_ids(self, count: int) -> list[int]:
-        last = await self.table.increment(_COUNTER, "value", count)
+    async def next_ids(self, tenant: str, count: int) -> list[int]:
+        last = await self.table.increment(_counter(tenant), "value", count)
         return list(range(last - count + 1, last + 1))
 
-    async def reserve_id(self, user_id: int) -> None:
+    async def reserve_id(self, tenant: str, user_id: int) -> None:
         """Move the counter past an id a client chose (PUT), so assigned ids avoid it."""
         with contextlib.suppress(ConditionFailed):  # the counter is already past it
             await self.table.update(
-                _COUNTER,
+                _counter(tenant),
                 {"value": user_id},
                 must_exist=False,
                 condition="attribute_not_exists(#value) OR #value < :reserved",
@@ -110,7 +115,7 @@ class UsersRepository:
                 values={":reserved": user_id},
             )
 
-    async def insert(self, users: Sequence[dict[str, Any]]) -> None:
+    async def insert(self, tenant: str, users: Sequence[dict[str, Any]]) -> None:
         """Create up to 50 users and claim their emails, all or nothing.
 
         Raises :class:`UserExists` when an id is taken and :class:`Conflict` naming the
@@ -119,57 +124,57 @@ class UsersRepository:
         operations: list[TransactOp] = []
         for user in users:
             operations.append(
-                TransactOp.put(_user_item(user, 1), condition="attribute_not_exists(pk)")
+                TransactOp.put(_user_item(tenant, user, 1), condition="attribute_not_exists(pk)")
             )
-            operations.append(_claim(user))
+            operations.append(_claim(tenant, user))
         try:
             await self.table.transact_write(operations)
         except TransactionConflict as exc:
             raise _explain(exc, users) from exc
 
-    async def replace(self, current: Item, user: dict[str, Any]) -> None:
+    async def replace(self, tenant: str, current: Item, user: dict[str, Any]) -> None:
         """Replace ``current`` with ``user`` unless someone changed it since it was read."""
         version = int(current["version"])
         operations = [
             TransactOp.put(
-                _user_item(user, version + 1),
+                _user_item(tenant, user, version + 1),
                 condition="#version = :version",
                 names={"#version": "version"},
                 values={":version": version},
             )
         ]
-        if email_key(current["email"]) != email_key(user["email"]):
-            operations.append(_claim(user))
-            operations.append(TransactOp.delete(email_key(current["email"])))
+        if current["email"].lower() != user["email"].lower():
+            operations.append(_claim(tenant, user))
+            operations.append(TransactOp.delete(email_key(tenant, current["email"])))
         try:
             await self.table.transact_write(operations)
         except TransactionConflict as exc:
             raise _explain(exc, [user]) from exc
 
-    async def remove(self, current: Item) -> None:
+    async def remove(self, tenant: str, current: Item) -> None:
         version = int(current["version"])
         try:
             await self.table.transact_write(
                 [
                     TransactOp.delete(
-                        user_key(int(current["id"])),
+                        user_key(tenant, int(current["id"])),
                         condition="#version = :version",
                         names={"#version": "version"},
                         values={":version": version},
                     ),
-                    TransactOp.delete(email_key(current["email"])),
+                    TransactOp.delete(email_key(tenant, current["email"])),
                 ]
             )
         except TransactionConflict as exc:
             raise UserExists(current["id"]) from exc
 
-    async def delete_created(self, users: Sequence[dict[str, Any]]) -> None:
+    async def delete_created(self, tenant: str, users: Sequence[dict[str, Any]]) -> None:
         """Undo :meth:`insert` of ``users`` (a later part of a batch failed)."""
         for start in range(0, len(users), TRANSACTION_USERS):
             operations: list[TransactOp] = []
             for user in users[start : start + TRANSACTION_USERS]:
-                operations.append(TransactOp.delete(user_key(user["id"])))
-                operations.append(TransactOp.delete(email_key(user["email"])))
+                operations.append(TransactOp.delete(user_key(tenant, user["id"])))
+                operations.append(TransactOp.delete(email_key(tenant, user["email"])))
             await self.table.transact_write(operations)
 
 

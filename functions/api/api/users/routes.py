@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic_core import to_json
 
-from api.users.dependencies import users_service
+from api.identity import UsersRead, UsersWrite
+from api.users.dependencies import get_users_service
 from api.users.models import (
     MAX_BATCH,
     BatchCreate,
@@ -23,11 +24,9 @@ from api.users.models import (
     UserId,
     UserPatch,
 )
-from api.users.service import UsersService
 
 __all__ = ["install"]
 
-Service = Annotated[UsersService, Depends(users_service)]
 PathId = Annotated[int, Path(ge=1, le=2**53 - 1, description="The user's id")]
 
 
@@ -38,43 +37,43 @@ def _json(data: Any) -> Response:
 
 
 async def get_users(
-    service: Service,
+    tenant: UsersRead,
     user_ids: Annotated[list[UserId], Query(min_length=1, max_length=MAX_BATCH)],
 ) -> Response:
-    users, missing = await service.get_many(user_ids)
+    users, missing = await get_users_service().get_many(tenant, user_ids)
     return _json({"users": users, "missing": missing})
 
 
-async def create_users(service: Service, body: BatchCreate) -> dict[str, Any]:
-    return {"users": await service.create_many(body.users)}
+async def create_users(tenant: UsersWrite, body: BatchCreate) -> dict[str, Any]:
+    return {"users": await get_users_service().create_many(tenant, body.users)}
 
 
-async def create_user(service: Service, body: UserFields, response: Response) -> dict[str, Any]:
-    user = await service.create(body)
+async def create_user(tenant: UsersWrite, body: UserFields, response: Response) -> dict[str, Any]:
+    user = await get_users_service().create(tenant, body)
     response.headers["Location"] = f"/users/{user['id']}"
     return user
 
 
-async def get_user(service: Service, user_id: PathId) -> Response:
-    return _json(await service.get(user_id))
+async def get_user(tenant: UsersRead, user_id: PathId) -> Response:
+    return _json(await get_users_service().get(tenant, user_id))
 
 
 async def replace_user(
-    service: Service, user_id: PathId, body: UserFields, response: Response
+    tenant: UsersWrite, user_id: PathId, body: UserFields, response: Response
 ) -> dict[str, Any]:
-    user, created = await service.replace(user_id, body)
+    user, created = await get_users_service().replace(tenant, user_id, body)
     if created:
         response.status_code = 201
         response.headers["Location"] = f"/users/{user_id}"
     return user
 
 
-async def patch_user(service: Service, user_id: PathId, body: UserPatch) -> dict[str, Any]:
-    return await service.patch(user_id, body)
+async def patch_user(tenant: UsersWrite, user_id: PathId, body: UserPatch) -> dict[str, Any]:
+    return await get_users_service().patch(tenant, user_id, body)
 
 
-async def delete_user(service: Service, user_id: PathId) -> Response:
-    await service.delete(user_id)
+async def delete_user(tenant: UsersWrite, user_id: PathId) -> Response:
+    await get_users_service().delete(tenant, user_id)
     return Response(status_code=204)
 
 
