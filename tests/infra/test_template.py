@@ -269,6 +269,7 @@ def test_function_environment_resolves_with_local_values(template: Template) -> 
             "JobsQueue": "http://127.0.0.1:5000/q/jobs",
             "JobResultsBucket": "job-results",
             "ComputeQueue": "http://127.0.0.1:5000/q/compute",
+            "IdempotencyTable": "idempotency",
         },
         attributes={"Cache.Endpoint.Address": "127.0.0.1", "Cache.Endpoint.Port": 6379},
         parameters=template.parameter_defaults(),
@@ -283,6 +284,7 @@ def test_function_environment_resolves_with_local_values(template: Template) -> 
     assert environment["LAMBDALOOP_STAGE"] == "lambdaloop-local"
     assert environment["POWERTOOLS_LOG_LEVEL"] == "INFO"
     assert environment["JOBS_RESULTS_BUCKET"] == "job-results"
+    assert environment["IDEMPOTENCY_TABLE"] == "idempotency"
 
 
 def test_every_function_has_a_log_group_with_retention(template: Template) -> None:
@@ -659,6 +661,7 @@ def test_the_template_routes_every_route_of_the_app() -> None:
             "JOBS_TABLE": "jobs",
             "JOBS_QUEUE_URL": "http://sqs.local/jobs",
             "COMPUTE_QUEUE_URL": "http://sqs.local/compute",
+            "IDEMPOTENCY_TABLE": "idempotency",
         }
     )
     app_routes = {

@@ -42,6 +42,7 @@ SETTINGS = ApiSettings.from_env(
         "JOBS_TABLE": "jobs",
         "JOBS_QUEUE_URL": "http://sqs.local/jobs",
         "COMPUTE_QUEUE_URL": "http://sqs.local/compute",
+        "IDEMPOTENCY_TABLE": "idempotency",
         "LAMBDALOOP_HEALTH_TIMEOUT_S": "0.2",
     }
 )

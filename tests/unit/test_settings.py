@@ -46,6 +46,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "JOBS_TABLE",
         "JOBS_QUEUE_URL",
         "COMPUTE_QUEUE_URL",
+        "IDEMPOTENCY_TABLE",
         "LAMBDALOOP_HEALTH_TIMEOUT_S",
     }
     assert "must be a number" in caught.value.problems["LAMBDALOOP_HEALTH_TIMEOUT_S"]

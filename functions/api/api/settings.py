@@ -28,6 +28,9 @@ class ApiSettings:
     compute_queue_url: str
     #: Jobs (fetch and compute) a tenant may have queued or running at once.
     jobs_in_flight_limit: int
+    #: Where POSTs with an Idempotency-Key keep their answers, and for how long.
+    idempotency_table: str
+    idempotency_expires_s: int
     #: Each dependency check of GET /health gets this long, all of them at once.
     health_timeout_s: float
     max_body_bytes: int
@@ -53,6 +56,10 @@ class ApiSettings:
             jobs_results_bucket=env.optional_text("JOBS_RESULTS_BUCKET"),
             compute_queue_url=env.url("COMPUTE_QUEUE_URL", ("https", "http")),
             jobs_in_flight_limit=env.integer("JOBS_IN_FLIGHT_LIMIT", 10, minimum=1, maximum=1000),
+            idempotency_table=env.text("IDEMPOTENCY_TABLE"),
+            idempotency_expires_s=env.integer(
+                "IDEMPOTENCY_EXPIRES_S", 86_400, minimum=60, maximum=30 * 86_400
+            ),
             health_timeout_s=env.number("LAMBDALOOP_HEALTH_TIMEOUT_S", 1.0, minimum=0.01),
             max_body_bytes=env.integer("LAMBDALOOP_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             cache_enabled=env.flag("LAMBDALOOP_CACHE_ENABLED", True),
