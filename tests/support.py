@@ -189,6 +189,12 @@ CI_REDIS_TIMEOUTS = {
     "LAMBDALOOP_REDIS_CONNECT_TIMEOUT_S": "2.0",
     "LAMBDALOOP_REDIS_POOL_TIMEOUT_S": "2.0",
 }
+#: moto copies a table for each item of a transaction: on a loaded machine a 50-user
+#: transaction takes seconds, and production's 3 s read timeout would make the suite's load
+#: look like a DynamoDB outage (503). Outages are tested with servers that are down.
+CI_AWS_TIMEOUTS = {"LAMBDALOOP_AWS_READ_TIMEOUT_S": "20"}
+#: The in-process invocations' timeout: above what a read may take there.
+CI_API_TIMEOUT_S = 30.0
 
 
 @contextlib.contextmanager
@@ -196,7 +202,8 @@ def in_process_api(
     stack: LocalStack, env_vars: dict[str, str] | None = None
 ) -> Iterator[InProcessApi]:
     """The API function's handler in this process, with the function's environment on
-    ``stack`` (and :data:`CI_REDIS_TIMEOUTS`, and ``env_vars`` over both)."""
+    ``stack`` (and :data:`CI_REDIS_TIMEOUTS` and :data:`CI_AWS_TIMEOUTS`, and ``env_vars``
+    over them)."""
     from api.app import create_app
     from lambdaloop.asgi import asgi_handler
 
@@ -204,6 +211,7 @@ def in_process_api(
         for name, value in {
             **stack.function_environment("ApiFunction"),
             **CI_REDIS_TIMEOUTS,
+            **CI_AWS_TIMEOUTS,
             # No consumer runs in this process, so the jobs the suite queues never end: the
             # per-tenant limit would fill as tests are added (test_tenancy sets its own).
             "JOBS_IN_FLIGHT_LIMIT": "1000",
@@ -212,7 +220,7 @@ def in_process_api(
             env.setenv(name, value)
         forget_environment()
         try:
-            yield InProcessApi(asgi_handler(create_app()))
+            yield InProcessApi(asgi_handler(create_app()), timeout_s=CI_API_TIMEOUT_S)
         finally:
             forget_environment()
 
