@@ -20,6 +20,7 @@ from lambdaloop_local.template import FunctionSpec
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from lambdaloop.jobs import JobStore
     from lambdaloop_local.stack import LocalStack
 
 T = TypeVar("T")
@@ -264,6 +265,14 @@ def function_in_folder(
         properties={},
     )
     return LocalFunction(spec, dict(environment or {}), ())
+
+
+def job_store(stack: LocalStack) -> JobStore:
+    """The stack's jobs table, as the functions reach it."""
+    from lambdaloop.jobs import JobStore
+    from lambdaloop.store import Table
+
+    return JobStore(Table(stack.resources.refs["JobsTable"], client=stack.aws_client("dynamodb")))
 
 
 def run(work: Awaitable[T]) -> T:

@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 from lambdaloop.errors import ConditionFailed, DependencyUnavailable
 from lambdaloop.store import Item, Key, Page, Table, utc_timestamp
-from lambdaloop.tenancy import MAX_TENANT_LENGTH, partition, scoped
+from lambdaloop.tenancy import partition, payload_tenant, scoped
 
 __all__ = ["FINAL", "IN_FLIGHT_INDEX", "STATUSES", "JobRef", "JobStore", "folded", "public"]
 
@@ -95,9 +95,7 @@ class JobRef:
     @classmethod
     def parse(cls, payload: Mapping[str, Any]) -> JobRef:
         """The job a message names (``ValueError`` naming the field when it names none)."""
-        tenant, job_id = payload.get("tenant"), payload.get("job_id")
-        if not isinstance(tenant, str) or not 0 < len(tenant) <= MAX_TENANT_LENGTH:
-            raise ValueError(f"payload.tenant: expected a tenant, got {tenant!r:.40}")
+        tenant, job_id = payload_tenant(payload), payload.get("job_id")
         if not isinstance(job_id, str) or not job_id:
             raise ValueError(f"payload.job_id: expected a non-empty string, got {job_id!r:.40}")
         return cls(tenant, job_id)

@@ -18,7 +18,7 @@ from typing import Any
 
 from lambdaloop.queue import Envelope
 from lambdaloop.store import Key
-from lambdaloop.tenancy import MAX_TENANT_LENGTH, scoped
+from lambdaloop.tenancy import payload_tenant, scoped
 
 __all__ = ["BY_USER_INDEX", "DELIVER", "Delivery", "owner", "record_key"]
 
@@ -60,9 +60,7 @@ class Delivery:
 
     @classmethod
     def _of(cls, payload: Mapping[str, Any]) -> Delivery:
-        tenant, notification_id = payload.get("tenant"), payload.get("notification_id")
-        if not isinstance(tenant, str) or not 0 < len(tenant) <= MAX_TENANT_LENGTH:
-            raise ValueError(f"payload.tenant: expected a tenant, got {tenant!r:.40}")
+        tenant, notification_id = payload_tenant(payload), payload.get("notification_id")
         if not isinstance(notification_id, str) or not notification_id:
             raise ValueError(
                 f"payload.notification_id: expected an id, got {notification_id!r:.40}"

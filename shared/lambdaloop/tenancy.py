@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
-__all__ = ["MAX_TENANT_LENGTH", "claims_tenant", "partition", "scoped"]
+__all__ = ["MAX_TENANT_LENGTH", "claims_tenant", "partition", "payload_tenant", "scoped"]
 
 #: OpenID Connect Core: a ``sub`` "MUST NOT exceed 255 ASCII characters".
 MAX_TENANT_LENGTH = 255
@@ -39,6 +39,17 @@ def claims_tenant(event: Mapping[str, Any]) -> str | None:
     jwt = authorizer.get("jwt") if isinstance(authorizer, Mapping) else None
     claims = jwt.get("claims") if isinstance(jwt, Mapping) else None
     sub = claims.get("sub") if isinstance(claims, Mapping) else None
-    if isinstance(sub, str) and 0 < len(sub) <= MAX_TENANT_LENGTH:
-        return sub
-    return None
+    return sub if _is_tenant(sub) else None
+
+
+def payload_tenant(payload: Mapping[str, Any]) -> str:
+    """The tenant a queue message's payload names (``ValueError`` naming the field when it
+    names none): consumers act within it."""
+    tenant = payload.get("tenant")
+    if not _is_tenant(tenant):
+        raise ValueError(f"payload.tenant: expected a tenant, got {tenant!r:.40}")
+    return tenant
+
+
+def _is_tenant(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= MAX_TENANT_LENGTH

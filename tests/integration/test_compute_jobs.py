@@ -25,7 +25,7 @@ from lambdaloop.errors import RetryLater
 from lambdaloop.jobs import JobRef, JobStore, folded
 from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.runtime import Deadline
-from lambdaloop.store import Item, Table
+from lambdaloop.store import Item
 from lambdaloop_local.functions import FunctionPool
 from lambdaloop_local.stack import LocalStack
 from support import (
@@ -33,6 +33,7 @@ from support import (
     InProcessApi,
     attached_stack,
     in_process_api,
+    job_store,
     run,
     run_event_source,
     sha256_chain_reference,
@@ -41,10 +42,6 @@ from support import (
 EVENTS = Path(__file__).resolve().parents[2] / "infra" / "events"
 #: A failed chunk comes back at once (no backoff), so the poison chunk's 5 attempts are quick.
 COMPUTE_ENV = {"COMPUTE_RETRY_BASE_S": "0", "COMPUTE_RETRY_MAX_S": "0"}
-
-
-def job_store(stack: LocalStack) -> JobStore:
-    return JobStore(Table(stack.resources.refs["JobsTable"], client=stack.aws_client("dynamodb")))
 
 
 def meta_of(store: JobStore, job_id: str) -> Item:

@@ -36,6 +36,7 @@ from support import (
     LoopbackHttpServer,
     attached_stack,
     in_process_api,
+    job_store,
     run,
     run_event_source,
 )
@@ -97,10 +98,6 @@ class Site:
 
     def url(self, path: str) -> str:
         return f"{self.server.url}{path}"
-
-
-def job_store(stack: LocalStack) -> JobStore:
-    return JobStore(Table(stack.resources.refs["JobsTable"], client=stack.aws_client("dynamodb")))
 
 
 def create_job(

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from api.idempotency import record_key, request_digest
-from lambdaloop.jobs import JobStore
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import ApiResponse, InProcessApi, in_process_api, run
+from support import ApiResponse, InProcessApi, in_process_api, job_store, run
 
 USER = {"name": "Ada", "email": "ada@example.com"}
 
@@ -162,10 +161,7 @@ def test_a_job_posted_twice_with_one_key_is_one_job(
     assert (first.status, retry.status) == (202, 202), retry.text
     assert retry.json["job_id"] == first.json["job_id"]
     assert retry.headers["location"] == f"/jobs/{first.json['job_id']}"
-    store = JobStore(
-        Table(local_stack.resources.refs["JobsTable"], client=local_stack.aws_client("dynamodb"))
-    )
-    assert run(store.in_flight(tenant, 10)) == 1
+    assert run(job_store(local_stack).in_flight(tenant, 10)) == 1
 
 
 def test_a_server_error_is_not_kept_so_a_retry_runs_again(

@@ -10,19 +10,15 @@ import pytest
 
 from lambdaloop.errors import ConditionFailed
 from lambdaloop.jobs import JobRef, JobStore, public
-from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import TENANT, run
+from support import TENANT, job_store, run
 
 T = TypeVar("T")
 
 
 @pytest.fixture
 def store(local_stack: LocalStack) -> JobStore:
-    table = Table(
-        local_stack.resources.refs["JobsTable"], client=local_stack.aws_client("dynamodb")
-    )
-    return JobStore(table)
+    return job_store(local_stack)
 
 
 def test_a_job_goes_from_queued_to_running_to_final_and_stays_final(store: JobStore) -> None:

@@ -19,7 +19,7 @@ from lambdaloop.jobs import JobRef, JobStore
 from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import TENANT, ApiResponse, InProcessApi, in_process_api, run
+from support import TENANT, ApiResponse, InProcessApi, in_process_api, job_store, run
 
 T = TypeVar("T")
 URLS = ["https://example.com/", "https://example.org/a?b=c", "http://example.net/"]
@@ -34,10 +34,7 @@ def api(session_stack: LocalStack) -> Iterator[InProcessApi]:
 
 @pytest.fixture
 def store(local_stack: LocalStack) -> JobStore:
-    table = Table(
-        local_stack.resources.refs["JobsTable"], client=local_stack.aws_client("dynamodb")
-    )
-    return JobStore(table)
+    return job_store(local_stack)
 
 
 def create_job(api: InProcessApi, body: dict[str, Any], **kwargs: Any) -> ApiResponse:

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from lambdaloop.jobs import JobRef, JobStore
-from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-from support import ApiResponse, InProcessApi, in_process_api, run
+from support import ApiResponse, InProcessApi, in_process_api, job_store, run
 
 IN_FLIGHT_LIMIT = 2
 
@@ -28,10 +27,7 @@ def api(session_stack: LocalStack) -> Iterator[InProcessApi]:
 
 @pytest.fixture
 def store(local_stack: LocalStack) -> JobStore:
-    table = Table(
-        local_stack.resources.refs["JobsTable"], client=local_stack.aws_client("dynamodb")
-    )
-    return JobStore(table)
+    return job_store(local_stack)
 
 
 def new_tenant(name: str) -> str:
