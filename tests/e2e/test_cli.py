@@ -209,14 +209,8 @@ def test_invoke_takes_sam_locals_env_vars_file(dev: DevServer, tmp_path: Path) -
 def test_invoke_without_dev_runs_its_own_stack(tmp_path: Path) -> None:
     env = {**os.environ}
     event = ROOT / "infra" / "events" / "api-not-found.json"
-    template = tmp_path / "template.yaml"
     # A copy of the template elsewhere: no running dev can be found beside it.
-    template.write_text(
-        (ROOT / "template.yaml")
-        .read_text()
-        .replace("functions/api/", f"{ROOT}/functions/api/")
-        .replace("ContentUri: shared/", f"ContentUri: {ROOT}/shared/")
-    )
+    template = template_copy(tmp_path)
 
     result = subprocess.run(
         [*CLI, "--template", str(template), "invoke", "ApiFunction", "-e", str(event)],
