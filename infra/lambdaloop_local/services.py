@@ -147,6 +147,46 @@ def _serialize_dynamodb_requests() -> None:
     DynamoHandler.call_action = serialized  # type: ignore[method-assign]
 
 
+_sqs_receive_lock = threading.Lock()
+
+
+def _serialize_sqs_receives() -> None:
+    """Make each of moto's SQS receives take its messages alone, as SQS hides a received message.
+
+    moto checks that a message is visible and then marks it received without a lock, so two
+    concurrent ReceiveMessage calls can both take the same message. SQS makes a received
+    message invisible to every other receive for its visibility timeout. Each pass over the
+    queue now runs under one lock; the long-poll wait runs outside it, so a waiting poller
+    does not hold up the others. Idempotent.
+    """
+    from moto.sqs.models import SQSBackend
+
+    receive = SQSBackend.receive_message
+    if getattr(receive, "_lambdaloop_serialized", False):
+        return
+
+    @functools.wraps(receive)
+    def serialized(
+        self: SQSBackend,
+        queue_name: str,
+        count: int,
+        wait_seconds_timeout: int,
+        visibility_timeout: int,
+        *rest: Any,
+    ) -> Any:
+        deadline = time.monotonic() + wait_seconds_timeout
+        while True:
+            with _sqs_receive_lock:
+                taken = receive(self, queue_name, count, 0, visibility_timeout, *rest)
+            left = deadline - time.monotonic()
+            if taken or left <= 0:
+                return taken
+            self.get_queue(queue_name).wait_for_messages(min(1.0, left))  # type: ignore[arg-type]
+
+    serialized._lambdaloop_serialized = True  # type: ignore[attr-defined]
+    SQSBackend.receive_message = serialized  # type: ignore[method-assign,assignment]
+
+
 class MotoServer(_Managed):
     """moto in server mode, in-process (moto.server.ThreadedMotoServer).
 
@@ -179,6 +219,7 @@ class MotoServer(_Managed):
             # taking the port between this check and the bind is the one case left uncovered.)
             _ensure_port_free(self._host, self._port, "moto server")
         _serialize_dynamodb_requests()
+        _serialize_sqs_receives()
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         self._server = server

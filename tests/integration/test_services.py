@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import boto3
 import pytest
@@ -124,6 +126,39 @@ def test_moto_on_port_zero_serves_dynamodb_and_reset_clears_it() -> None:
 
         moto.reset()
         assert _list_tables(moto.endpoint_url) == []
+
+
+def _drain(sqs: Any, url: str) -> list[str]:
+    """Receive (without deleting) until a receive comes back empty; the ids taken."""
+    taken: list[str] = []
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+        taken.extend(m["MessageId"] for m in messages)
+    return taken
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_hands_each_message_to_one_of_many_concurrent_receivers() -> None:
+    with MotoServer(port=0) as moto:
+        moto.reset()
+        sqs = boto3.client("sqs", endpoint_url=moto.endpoint_url)
+        url = sqs.create_queue(QueueName="q", Attributes={"VisibilityTimeout": "300"})["QueueUrl"]
+        for first in range(0, 100, 10):
+            entries = [{"Id": str(n), "MessageBody": f"m{n}"} for n in range(first, first + 10)]
+            sqs.send_message_batch(QueueUrl=url, Entries=entries)
+
+        with ThreadPoolExecutor(8) as pool:
+            taken = [i for ids in pool.map(lambda _: _drain(sqs, url), range(8)) for i in ids]
+
+        assert len(taken) == 100
+        assert len(set(taken)) == 100  # SQS hides a received message from every other receive
+
+        # A long poll that starts on an empty queue still gets a message sent meanwhile.
+        sqs.purge_queue(QueueUrl=url)
+        with ThreadPoolExecutor(1) as pool:
+            poll = pool.submit(sqs.receive_message, QueueUrl=url, WaitTimeSeconds=20)
+            sqs.send_message(QueueUrl=url, MessageBody="late")
+            assert [m["Body"] for m in poll.result()["Messages"]] == ["late"]
+        sqs.close()
 
 
 def test_moto_stop_frees_the_port_and_is_idempotent() -> None:
