@@ -19,13 +19,14 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
-from jobs.runner import JOB_FETCH, FetchJobRunner
+from jobs.runner import FetchJobRunner
 from jobs.settings import JobsSettings
 from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import DependencyError, DependencyUnavailable
 from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
 from lambdaloop.jobs import JobRef, JobStore
+from lambdaloop.messages import FETCH
 from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.runtime import Deadline, get_loop
 from lambdaloop.ssrf import Policy
@@ -190,7 +191,7 @@ def world(stack: LocalStack) -> Iterator[World]:
         )
         for job in (mixed, split):
             payload = {"tenant": TENANT, "job_id": job.id, "part": 0}
-            run(publisher.publish(JOB_FETCH, payload, id=job.part_id(0)))
+            run(publisher.publish(FETCH, payload, id=job.part_id(0)))
 
         def metas() -> dict[str, dict[str, Any]]:
             jobs = (mixed, split, JobRef(TENANT, submitted))
@@ -274,18 +275,20 @@ def test_a_job_split_by_the_deadline_continues_part_after_part_fetching_each_url
 ) -> None:
     meta = world.metas[world.split.id]
     results = all_results(world.store, world.split)
-    parts = [part_record(stack, world.split.id, n) for n in range(4)]
+    parts = [part_record(stack, world.split.id, n) for n in range(20)]
+    ran = [p["result"] for p in parts if p is not None]
 
     assert (meta["status"], meta["done"], meta["total"]) == ("succeeded", 6, 6)
     assert [results[n]["sha256"] for n in range(6)] == [sha256(str(n)) for n in (0, 1, 2, 3, 4, 0)]
     assert [world.site.hits[f"/body/{n}"] for n in range(5)] == [1, 1, 1, 1, 1]
-    # Two URLs (concurrency 2) per part, the duplicate index with its URL
-    assert [p["result"] if p else None for p in parts] == [
-        {"status": "continued", "done": 3},
-        {"status": "continued", "done": 5},
-        {"status": "succeeded", "done": 6},
-        None,
-    ]
+    # At most one wave of two URLs (concurrency 2) per part, so three parts at least; a part
+    # on a slow machine may store none before its stop. Parts ran one after the other.
+    assert parts[: len(ran)] == [p for p in parts if p is not None]
+    assert len(ran) >= 3
+    assert [r["status"] for r in ran] == ["continued"] * (len(ran) - 1) + ["succeeded"]
+    done = [r["done"] for r in ran]
+    assert done == sorted(done)
+    assert done[-1] == 6
 
 
 # ------------------------------------------------------------------ in this process
@@ -435,7 +438,7 @@ def test_a_redelivered_part_fetches_only_the_urls_not_stored_yet(
     assert first == {"status": "continued", "done": 2}
     assert hits_after_first == {"/body/r0": 1, "/body/r1": 1}
     assert recorder.published == [
-        (JOB_FETCH, {"tenant": TENANT, "job_id": job.id, "part": 1}, f"T#{TENANT}#JOB#{job.id}.1")
+        (FETCH, {"tenant": TENANT, "job_id": job.id, "part": 1}, f"T#{TENANT}#JOB#{job.id}.1")
     ]
     assert again == {"status": "succeeded", "done": 4}
     assert final == {"status": "succeeded"}
@@ -482,7 +485,7 @@ def test_a_hanging_url_is_cancelled_at_the_hard_stop_after_the_rest_was_flushed(
     assert site.hits == {"/body/h": 1, "/hang": 1}
     assert list(all_results(store, job)) == [0]
     assert recorder.published == [
-        (JOB_FETCH, {"tenant": TENANT, "job_id": job.id, "part": 4}, f"T#{TENANT}#JOB#{job.id}.4")
+        (FETCH, {"tenant": TENANT, "job_id": job.id, "part": 4}, f"T#{TENANT}#JOB#{job.id}.4")
     ]
     assert meta is not None
     assert (meta["status"], meta["done"]) == ("running", 1)
@@ -498,7 +501,7 @@ class BrokenFetcher(Fetcher):
 
 def deliver(target: FetchJobRunner, job: JobRef, receive_count: int) -> Any:
     payload = {"tenant": job.tenant, "job_id": job.id, "part": 0}
-    envelope = Envelope(JOB_FETCH, job.part_id(0), payload)
+    envelope = Envelope(FETCH, job.part_id(0), payload)
     return run(target(envelope, RecordContext("m", receive_count, {}, Deadline.never())))
 
 
@@ -574,7 +577,7 @@ def test_uploads_cut_by_the_deadline_leave_their_urls_to_the_next_part(
     assert first == {"status": "continued", "done": 0}
     assert stored_after_first == {}
     assert recorder.published == [
-        (JOB_FETCH, {"tenant": TENANT, "job_id": job.id, "part": 1}, f"T#{TENANT}#JOB#{job.id}.1")
+        (FETCH, {"tenant": TENANT, "job_id": job.id, "part": 1}, f"T#{TENANT}#JOB#{job.id}.1")
     ]
     assert again == {"status": "succeeded", "done": 2}
     assert site.hits == {"/body/h0": 2, "/body/h1": 2}  # fetched again: their bodies were lost
