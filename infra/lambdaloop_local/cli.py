@@ -116,7 +116,9 @@ async def _dev(args: argparse.Namespace) -> int:
             return (await stack.pool(function).invoke(event)).result
 
         sources = stack.sqs_event_sources()
+        streams = stack.stream_event_sources()
         pollers = [asyncio.create_task(source.run(stop)) for source in sources]
+        pollers += [asyncio.create_task(stream.run(stop)) for stream in streams]
         runner = web.AppRunner(make_app(routes, invoke, authorizer), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
@@ -138,6 +140,8 @@ async def _dev(args: argparse.Namespace) -> int:
             print(f"  Redis       {stack.redis_url}  [{stack.redis_kind}]", flush=True)
             for source in sources:
                 print(f"  SQS         {source.config.queue_arn}", flush=True)
+            for stream in streams:
+                print(f"  DynamoDB    {stream.config.stream_arn}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
             _stop_on_signals(stop)
             await stop.wait()

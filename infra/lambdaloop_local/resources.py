@@ -27,7 +27,6 @@ _TABLE_KEYS = (
     "KeySchema",
     "GlobalSecondaryIndexes",
     "LocalSecondaryIndexes",
-    "StreamSpecification",
 )
 # Queue attributes moto understands; the rest (SSE, policies) have no local meaning.
 _QUEUE_ATTRIBUTES = {
@@ -104,8 +103,11 @@ def _create_tables(
     for logical_id, resource in template.of_type("AWS::DynamoDB::Table").items():
         props = resolver.resolve(resource.get("Properties") or {})
         name = props.get("TableName") or _physical_name(logical_id, pseudo)
+        stream = _stream_specification(props)
         if name not in existing:
             request = {key: props[key] for key in _TABLE_KEYS if key in props}
+            if stream:
+                request["StreamSpecification"] = stream
             client.create_table(
                 TableName=name, BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"), **request
             )
@@ -113,7 +115,28 @@ def _create_tables(
         arn = f"arn:aws:dynamodb:{pseudo.region}:{ACCOUNT_ID}:table/{name}"
         local.refs[logical_id] = name
         local.attributes[f"{logical_id}.Arn"] = arn
+        if stream:
+            local.attributes[f"{logical_id}.StreamArn"] = _stream_arn(client, name, stream)
         logger.debug("table %s -> %s", logical_id, name)
+
+
+def _stream_specification(props: dict[str, Any]) -> dict[str, Any] | None:
+    """The API's StreamSpecification for a template's: CloudFormation enables the stream by
+    giving a StreamViewType alone, where CreateTable also wants StreamEnabled."""
+    view_type = (props.get("StreamSpecification") or {}).get("StreamViewType")
+    return {"StreamEnabled": True, "StreamViewType": view_type} if view_type else None
+
+
+def _stream_arn(client: Any, name: str, stream: dict[str, Any]) -> str:
+    """The table's stream ARN; a table made before the template asked for a stream gets one.
+
+    The ARN ends with the stream's creation time, so it can only be read back from moto.
+    """
+    table = client.describe_table(TableName=name)["Table"]
+    if "LatestStreamArn" not in table:
+        table = client.update_table(TableName=name, StreamSpecification=stream)["TableDescription"]
+    arn: str = table["LatestStreamArn"]
+    return arn
 
 
 def _create_queues(

@@ -18,7 +18,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import hashlib
 import http.client
+import json
 import logging
 import re
 import selectors
@@ -31,6 +33,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -122,9 +125,23 @@ class _Managed:
 
 _dynamodb_lock = threading.Lock()
 
+#: How long DynamoDB remembers a TransactWriteItems' ClientRequestToken after the request.
+_CLIENT_TOKEN_TTL_S = 600.0
+#: Where a moto DynamoDB backend keeps the tokens: an attribute of the backend object, so
+#: moto's reset (which clears every backend's attributes) forgets them with the tables.
+_CLIENT_TOKENS_ATTRIBUTE = "_lambdaloop_client_tokens"
+
+
+@dataclass(frozen=True, slots=True)
+class _CompletedTransaction:
+    digest: str
+    response: tuple[int, dict[str, Any], Any]
+    completed_at: float
+
 
 def _serialize_dynamodb_requests() -> None:
-    """Make moto's DynamoDB requests take turns, as AWS applies each write atomically.
+    """Make moto's DynamoDB requests take turns, as AWS applies each write atomically, and
+    make TransactWriteItems honour ClientRequestToken, which moto ignores.
 
     moto's server answers every request on its own thread, and its DynamoDB backend has no
     lock: two conditional writes to one item can both pass their condition before either is
@@ -141,10 +158,114 @@ def _serialize_dynamodb_requests() -> None:
     @functools.wraps(call_action)
     def serialized(self: DynamoHandler) -> Any:
         with _dynamodb_lock:
+            if self._get_action() == "TransactWriteItems":
+                return _transact_write_items(self, lambda: call_action(self))
             return call_action(self)
 
     serialized._lambdaloop_serialized = True  # type: ignore[attr-defined]
     DynamoHandler.call_action = serialized  # type: ignore[method-assign]
+
+
+def _transact_write_items(handler: Any, call: Any) -> Any:
+    """A TransactWriteItems as DynamoDB runs it: for 10 minutes after a request with a
+    ClientRequestToken succeeds, the same request again succeeds without writing anything
+    (even where its conditions would now fail), and the token with another request fails
+    with IdempotentParameterMismatchException.
+
+    Only a success is remembered. AWS documents the success case alone ("If the original
+    TransactWriteItems call was successful, the subsequent TransactWriteItems calls with the
+    same client token return successfully without making any changes"); a cancelled or
+    rejected transaction wrote nothing, so a repeat is run as a new request, which is what
+    the SDKs' retries of a failed call expect. Runs under the DynamoDB lock.
+    """
+    request = json.loads(handler.body or "{}") if isinstance(handler.body, str | bytes) else {}
+    token = request.pop("ClientRequestToken", None)
+    if not token:
+        return call()
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    backend = handler.dynamodb_backend
+    tokens: dict[str, _CompletedTransaction] = backend.__dict__.setdefault(
+        _CLIENT_TOKENS_ATTRIBUTE, {}
+    )
+    now = time.monotonic()
+    for old in [t for t, done in tokens.items() if now - done.completed_at > _CLIENT_TOKEN_TTL_S]:
+        del tokens[old]
+    done = tokens.get(token)
+    if done is not None and done.digest != digest:
+        return _idempotent_parameter_mismatch()
+    if done is not None:
+        status, headers, body = done.response
+        return status, dict(headers), body
+    status, headers, body = call()
+    if status == 200:
+        tokens[token] = _CompletedTransaction(
+            digest, (status, dict(headers), body), time.monotonic()
+        )
+    return status, headers, body
+
+
+def _idempotent_parameter_mismatch() -> tuple[int, dict[str, Any], str]:
+    from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
+
+    error = DynamodbException(
+        ERROR_TYPE_PREFIX + "IdempotentParameterMismatchException",
+        "Request parameters do not match the request that first used this client token",
+    )
+    return 400, dict(error.get_headers()), error.get_body()
+
+
+#: AWS expires a shard iterator 15 minutes after handing it out.
+_SHARD_ITERATOR_TTL_S = 900.0
+_streams_lock = threading.Lock()
+
+
+def _expire_shard_iterators() -> None:
+    """Make moto's DynamoDB Streams forget shard iterators after 15 minutes, as AWS does.
+
+    moto keeps every iterator it hands out, and each GetRecords hands out one: a stream
+    poller (four reads a second) would grow the process by tens of MB an hour. An expired or
+    unknown iterator gets AWS's ExpiredIteratorException rather than moto's server error.
+    Idempotent.
+    """
+    from moto.core.exceptions import JsonRESTError
+    from moto.dynamodbstreams.models import DynamoDBStreamsBackend
+
+    get_shard_iterator = DynamoDBStreamsBackend.get_shard_iterator
+    get_records = DynamoDBStreamsBackend.get_records
+    if getattr(get_records, "_lambdaloop_expiring", False):
+        return
+    born: dict[str, float] = {}  # iterator ARN -> when it was handed out, oldest first
+
+    def forget_expired(backend: DynamoDBStreamsBackend) -> None:
+        deadline = time.monotonic() - _SHARD_ITERATOR_TTL_S
+        while born and next(iter(born.values())) < deadline:
+            arn = next(iter(born))
+            del born[arn]
+            backend.shard_iterators.pop(arn, None)
+
+    @functools.wraps(get_shard_iterator)
+    def expiring_iterator(self: DynamoDBStreamsBackend, *args: Any, **kwargs: Any) -> Any:
+        with _streams_lock:
+            forget_expired(self)
+            iterator = get_shard_iterator(self, *args, **kwargs)
+            born[iterator.arn] = time.monotonic()
+            return iterator
+
+    @functools.wraps(get_records)
+    def expiring_records(self: DynamoDBStreamsBackend, iterator_arn: str, limit: int) -> Any:
+        with _streams_lock:
+            forget_expired(self)
+            if iterator_arn not in self.shard_iterators:
+                raise JsonRESTError(
+                    "ExpiredIteratorException", "The shard iterator has expired or is unknown"
+                )
+            result = get_records(self, iterator_arn, limit)
+            born[result["NextShardIterator"]] = time.monotonic()
+            return result
+
+    expiring_records._lambdaloop_expiring = True  # type: ignore[attr-defined]
+    DynamoDBStreamsBackend.get_shard_iterator = expiring_iterator  # type: ignore[method-assign]
+    DynamoDBStreamsBackend.get_records = expiring_records  # type: ignore[method-assign]
 
 
 _sqs_receive_lock = threading.Lock()
@@ -220,6 +341,7 @@ class MotoServer(_Managed):
             _ensure_port_free(self._host, self._port, "moto server")
         _serialize_dynamodb_requests()
         _serialize_sqs_receives()
+        _expire_shard_iterators()
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         self._server = server

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
+from lambdaloop_local.context import ACCOUNT_ID
 from lambdaloop_local.functions import FunctionPool, LocalFunction
 from lambdaloop_local.resources import LocalResources, Pseudo, create_resources
 from lambdaloop_local.services import MotoServer, RedisServer
 from lambdaloop_local.sqs import SqsEventSource, SqsEventSourceConfig
+from lambdaloop_local.streams import StreamEventSource, StreamEventSourceConfig
 from lambdaloop_local.template import TEMPLATE_PATH, Template, TemplateError, load_template
 
 __all__ = ["LocalStack", "StackConfig"]
@@ -205,14 +207,18 @@ class LocalStack:
             self._pools[logical_id] = pool
         return pool
 
+    def _queue_urls(self) -> dict[str, str]:
+        """The URL of each of the template's queues, by ARN."""
+        return {
+            self.resources.attributes[f"{lid}.Arn"]: self.resources.refs[lid]
+            for lid in self.template.of_type("AWS::SQS::Queue")
+        }
+
     def sqs_event_sources(self) -> list[SqsEventSource]:
         """One poller per SQS event of the template's functions, like Lambda's event source
         mappings, invoking the function's environments (as many as MaximumConcurrency)."""
         resolver = self.resources.resolver(self.template, self.config.pseudo)
-        queue_urls = {
-            self.resources.attributes[f"{lid}.Arn"]: self.resources.refs[lid]
-            for lid in self.template.of_type("AWS::SQS::Queue")
-        }
+        queue_urls = self._queue_urls()
         sources = []
         for spec in self.template.functions():
             for name, event in spec.events.items():
@@ -229,10 +235,61 @@ class LocalStack:
                 sources.append(SqsEventSource(config, _results_of(pool), self.aws_client("sqs")))
         return sources
 
+    def stream_event_sources(self) -> list[StreamEventSource]:
+        """One reader per DynamoDB event of the template's functions, like Lambda's event
+        source mappings on the tables' streams (an event with Enabled: false gets none).
+
+        A function gets one execution environment per stream it reads: Lambda invokes it for
+        each stream's shards independently. A setting the local source cannot honour (a
+        filter operator it does not know, an OnFailure destination that is not one of the
+        template's queues) raises TemplateError here, before anything runs.
+        """
+        resolver = self.resources.resolver(self.template, self.config.pseudo)
+        queue_urls = self._queue_urls()
+        region = self.config.pseudo.region
+        sources = []
+        for spec in self.template.functions():
+            events = {
+                name: event
+                for name, event in spec.events.items()
+                if event.get("Type") == "DynamoDB"
+            }
+            for name, event in events.items():
+                properties = resolver.resolve(event.get("Properties") or {})
+                if str(properties.get("Enabled", True)).lower() == "false":
+                    continue
+                try:
+                    config = StreamEventSourceConfig.from_event(
+                        properties,
+                        queue_urls,
+                        function_arn=f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{spec.logical_id}",
+                        region=region,
+                    )
+                except ValueError as exc:
+                    raise TemplateError(f"{spec.logical_id}.{name}: {exc}") from exc
+                pool = self.pool(spec.logical_id, len(events))
+                position = (self.aws_endpoint, spec.logical_id, config.stream_arn)
+                sources.append(
+                    StreamEventSource(
+                        config,
+                        _results_of(pool),
+                        self.aws_client("dynamodbstreams"),
+                        self.aws_client("sqs"),
+                        checkpoints=_stream_positions.setdefault(position, {}),
+                    )
+                )
+        return sources
+
     async def aclose_functions(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             await pool.aclose()
+
+
+#: Where each function's stream event sources got to, per moto endpoint, function and stream:
+#: shared by every LocalStack of the process on those services, so the sources of a stack
+#: made later go on from there (a stream recreated by a moto reset has a new ARN).
+_stream_positions: dict[tuple[str, str, str], dict[str, str]] = {}
 
 
 def _results_of(pool: FunctionPool) -> Callable[[dict[str, Any]], Awaitable[Any]]:

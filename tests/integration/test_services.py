@@ -11,6 +11,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -143,7 +144,9 @@ def test_moto_hands_each_message_to_one_of_many_concurrent_receivers() -> None:
         sqs = boto3.client("sqs", endpoint_url=moto.endpoint_url)
         url = sqs.create_queue(QueueName="q", Attributes={"VisibilityTimeout": "300"})["QueueUrl"]
         for first in range(0, 100, 10):
-            entries = [{"Id": str(n), "MessageBody": f"m{n}"} for n in range(first, first + 10)]
+            entries: list[Any] = [
+                {"Id": str(n), "MessageBody": f"m{n}"} for n in range(first, first + 10)
+            ]
             sqs.send_message_batch(QueueUrl=url, Entries=entries)
 
         with ThreadPoolExecutor(8) as pool:
@@ -159,6 +162,70 @@ def test_moto_hands_each_message_to_one_of_many_concurrent_receivers() -> None:
             sqs.send_message(QueueUrl=url, MessageBody="late")
             assert [m["Body"] for m in poll.result()["Messages"]] == ["late"]
         sqs.close()
+
+
+def _counted_once(table: str, key: str) -> Any:
+    """A transaction item that adds 1 to ``count`` of ``key``, only while it has none."""
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": {"pk": {"S": key}},
+            "UpdateExpression": "ADD #count :one",
+            "ConditionExpression": "attribute_not_exists(#count)",
+            "ExpressionAttributeNames": {"#count": "count"},
+            "ExpressionAttributeValues": {":one": {"N": "1"}},
+        }
+    }
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_transact_write_items_honours_client_request_token() -> None:
+    with MotoServer(port=0) as moto:
+        table = f"tokens-{uuid.uuid4().hex[:8]}"  # moto's state is shared: no reset here
+        _create_table(moto.endpoint_url, table)
+        dynamodb = boto3.client("dynamodb", endpoint_url=moto.endpoint_url)
+        try:
+            once = [_counted_once(table, "a")]
+
+            # A repeat with the token succeeds without applying again (its condition would
+            # now fail), as DynamoDB does for 10 minutes after the first success.
+            dynamodb.transact_write_items(TransactItems=once, ClientRequestToken="token-1")
+            dynamodb.transact_write_items(TransactItems=once, ClientRequestToken="token-1")
+            item = dynamodb.get_item(TableName=table, Key={"pk": {"S": "a"}})["Item"]
+            assert item["count"] == {"N": "1"}
+
+            # The token with other parameters is refused, and nothing is written.
+            with pytest.raises(dynamodb.exceptions.IdempotentParameterMismatchException):
+                dynamodb.transact_write_items(
+                    TransactItems=[_counted_once(table, "b")], ClientRequestToken="token-1"
+                )
+            assert "Item" not in dynamodb.get_item(TableName=table, Key={"pk": {"S": "b"}})
+
+            # Without a token, a repeat is a new request: its condition fails.
+            with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+                dynamodb.transact_write_items(TransactItems=once)
+
+            # A cancelled transaction is not remembered: its token's repeat runs again.
+            with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+                dynamodb.transact_write_items(TransactItems=once, ClientRequestToken="token-2")
+            dynamodb.delete_item(TableName=table, Key={"pk": {"S": "a"}})
+            dynamodb.transact_write_items(TransactItems=once, ClientRequestToken="token-2")
+            item = dynamodb.get_item(TableName=table, Key={"pk": {"S": "a"}})["Item"]
+            assert item["count"] == {"N": "1"}
+        finally:
+            dynamodb.delete_table(TableName=table)
+            dynamodb.close()
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_answers_an_unknown_shard_iterator_as_dynamodb_streams_does() -> None:
+    with MotoServer(port=0) as moto:
+        streams = boto3.client("dynamodbstreams", endpoint_url=moto.endpoint_url)
+        try:
+            with pytest.raises(streams.exceptions.ExpiredIteratorException):
+                streams.get_records(ShardIterator="no-such-iterator")
+        finally:
+            streams.close()
 
 
 def test_moto_stop_frees_the_port_and_is_idempotent() -> None:
