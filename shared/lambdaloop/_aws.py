@@ -1,9 +1,11 @@
 """What every boto3 adapter of the layer shares: calls in the bounded thread pool, the client
 built lazily there (so boto3's import never blocks the loop), and SDK errors translated at
-the edge into the layer's hierarchy."""
+the edge into the layer's hierarchy. Every call ends by :func:`~lambdaloop.runtime.call_deadline`
+(the request's budget): a call that would outlast it is abandoned as a timeout."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +16,7 @@ from lambdaloop.errors import (
     DependencyUnavailable,
     LambdaloopError,
 )
+from lambdaloop.runtime import call_deadline
 
 __all__ = ["AwsAdapter"]
 
@@ -52,9 +55,20 @@ class AwsAdapter:
         return response
 
     async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        timeout = call_deadline().timeout()
+        if timeout is not None and timeout <= 0:
+            raise DependencyTimeout(self.service, f"{operation}: no time left to call it")
+        # The SDK call itself runs on in its thread until botocore's own timeouts end it;
+        # only the wait for it is cut, and its outcome is unknown to the caller.
+        scope = asyncio.timeout(timeout)
         try:
-            return await run_blocking(self._invoke, operation, params)
+            async with scope:
+                return await run_blocking(self._invoke, operation, params)
         except Exception as exc:
+            if scope.expired():
+                raise DependencyTimeout(
+                    self.service, f"{operation}: no answer within the time left"
+                ) from exc
             translated = self._translate(exc, operation)
             if translated is None:
                 raise

@@ -12,6 +12,10 @@ and nothing started by an invocation may still be running when its response is r
   or a library, is tracked. When the handler is done, the tasks it :func:`spawn`-ed are
   awaited until the deadline and everything else still running is cancelled, so nothing
   leaks into the next invocation.
+- :func:`budget` bounds the calls made inside it (the layer's AWS adapters ask
+  :func:`call_deadline`) more tightly than the invocation, so a request answers "try again"
+  itself instead of running into Lambda's timeout; :func:`beyond_budget` lifts the bound for
+  cleanup that must still run (an undo), up to the invocation's deadline.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ __all__ = [
     "LambdaContext",
     "SettleReport",
     "TaskRegistry",
+    "beyond_budget",
+    "budget",
+    "call_deadline",
     "current_deadline",
     "current_invocation",
     "get_loop",
@@ -253,6 +260,42 @@ def current_deadline() -> Deadline:
     """The deadline of the invocation in progress, or :meth:`Deadline.never` outside one."""
     found = _current.get(None)
     return found.deadline if found is not None else Deadline.never()
+
+
+_budget: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "lambdaloop_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def budget(seconds: float) -> Iterator[Deadline]:
+    """Calls made inside get at most ``seconds`` from now (and never past the invocation's
+    deadline); the budget's own deadline is yielded."""
+    bound = Deadline.after(seconds)
+    token = _budget.set(bound)
+    try:
+        yield bound
+    finally:
+        _budget.reset(token)
+
+
+@contextlib.contextmanager
+def beyond_budget() -> Iterator[None]:
+    """Calls made inside are bounded by the invocation's deadline only."""
+    token = _budget.set(None)
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def call_deadline() -> Deadline:
+    """When a call made now must be done: the budget's deadline or the invocation's, the
+    earlier."""
+    bound, invocation_deadline = _budget.get(), current_deadline()
+    if bound is None or invocation_deadline.expires_at < bound.expires_at:
+        return invocation_deadline
+    return bound
 
 
 def spawn(work: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:

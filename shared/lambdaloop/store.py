@@ -57,6 +57,7 @@ __all__ = [
     "Page",
     "Table",
     "TransactOp",
+    "item_from_image",
     "utc_timestamp",
 ]
 
@@ -277,16 +278,27 @@ class Table(AwsAdapter):
         )
 
     async def create(self, item: Item) -> None:
-        """Write ``item`` only if no item has its key, else ``ConditionFailed``."""
+        """Write ``item`` only if no item has its key, else ``ConditionFailed``.
+
+        When botocore retries a write whose first answer was lost, the retry finds the
+        item the first attempt wrote and its condition fails: an item at the key equal to
+        ``item`` is therefore taken as this call's own write, not as a conflict.
+        """
         placeholders = _Placeholders()
         condition = f"attribute_not_exists({placeholders.name(self.key_schema[0])})"
-        await self._call(
-            "put_item",
-            TableName=self.name,
-            Item=_serialize_map(item),
-            ConditionExpression=condition,
-            **placeholders.params(),
-        )
+        serialized = _serialize_map(item)
+        try:
+            await self._call(
+                "put_item",
+                TableName=self.name,
+                Item=serialized,
+                ConditionExpression=condition,
+                **placeholders.params(),
+            )
+        except ConditionFailed:
+            stored = await self.get({name: item[name] for name in self.key_schema}, consistent=True)
+            if stored != _deserialize_map(serialized):
+                raise
 
     async def update(
         self,
@@ -476,20 +488,28 @@ class Table(AwsAdapter):
 
     # ------------------------------------------------------------------- transactions
 
-    async def transact_write(self, operations: Sequence[TransactOp]) -> None:
+    async def transact_write(
+        self, operations: Sequence[TransactOp], *, token: str | None = None
+    ) -> None:
         """Apply ``operations`` (at most 100) on this table all together, or none of them.
 
         When any condition fails, or another request is changing one of the items, nothing
         is written and :class:`~lambdaloop.errors.TransactionConflict` is raised; its
         ``reasons`` hold one code per operation, in order (``"None"`` for the ones that
         were fine).
+
+        ``token`` (1 to 36 characters) is the ClientRequestToken: for 10 minutes DynamoDB
+        applies the same operations with the same token at most once and answers a repeat
+        with success. A caller whose call ended without an answer (a timeout) calls again
+        with the same token to learn the outcome instead of guessing it.
         """
         if not 0 < len(operations) <= _TRANSACTION_LIMIT:
             raise ValueError(
                 f"a transaction takes 1 to {_TRANSACTION_LIMIT} operations, not {len(operations)}"
             )
         items = [self._transact_item(op) for op in operations]
-        await self._call("transact_write_items", TransactItems=items)
+        extra = {} if token is None else {"ClientRequestToken": token}
+        await self._call("transact_write_items", TransactItems=items, **extra)
 
     def _transact_item(self, op: TransactOp) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -669,6 +689,12 @@ def _serialize(value: Any) -> dict[str, Any]:
 
 def _serialize_map(item: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: _serialize(value) for name, value in item.items()}
+
+
+def item_from_image(image: Mapping[str, Any]) -> Item:
+    """An item from DynamoDB's own JSON (a stream record's ``NewImage``), as :class:`Table`
+    returns items."""
+    return _deserialize_map(image)
 
 
 def _deserialize_map(raw: Mapping[str, Any]) -> Item:

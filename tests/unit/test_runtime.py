@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import pytest
 
-from lambdaloop.errors import DeadlineExceeded
+from lambdaloop._aws import AwsAdapter
+from lambdaloop.errors import DeadlineExceeded, DependencyTimeout
 from lambdaloop.runtime import (
     Deadline,
+    beyond_budget,
+    budget,
+    call_deadline,
     current_deadline,
     current_invocation,
     get_loop,
@@ -148,3 +153,63 @@ def test_spawned_work_that_outlasts_the_deadline_is_cancelled() -> None:
     # 0.8 s for Lambda, 0.5 s of margin: the spawned work gets 0.3 s, then it is cancelled.
     assert handler({}, lambda_context(timeout_s=0.8)) == "ok"
     assert owned[0].cancelled()
+
+
+def test_a_budget_bounds_calls_tighter_than_the_invocation_and_lifts_for_cleanup() -> None:
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> tuple[float, float, float, float]:
+        invocation = current_deadline().expires_at
+        with budget(1.0) as bound:
+            inside = call_deadline().expires_at
+            with beyond_budget():
+                lifted = call_deadline().expires_at
+            with budget(3600.0):  # a budget never reaches past the invocation
+                wide = call_deadline().expires_at
+        assert wide == invocation
+        return invocation, bound.expires_at, inside, lifted
+
+    invocation, bound, inside, lifted = handler({}, lambda_context(timeout_s=30.0))
+
+    assert inside == bound < invocation
+    assert lifted == invocation
+
+
+def test_an_adapter_call_with_no_time_left_is_a_timeout_without_a_request() -> None:
+    class Counting(AwsAdapter):
+        service = "dynamodb"
+        calls = 0
+
+        def _invoke(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+            Counting.calls += 1
+            return {}
+
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> None:
+        with budget(0.0):
+            await Counting()._call("get_item")
+
+    with pytest.raises(DependencyTimeout, match="no time left"):
+        handler({}, lambda_context())
+    assert Counting.calls == 0
+
+
+def test_an_adapter_call_that_outlasts_the_budget_is_cut_as_a_timeout() -> None:
+    release = threading.Event()
+
+    class Hanging(AwsAdapter):
+        service = "dynamodb"
+
+        def _invoke(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+            release.wait(30)  # an SDK call that does not answer
+            return {}
+
+    @lambda_handler
+    async def handler(event: Any, context: Any) -> None:
+        with budget(0.05):
+            await Hanging()._call("get_item")
+
+    try:
+        with pytest.raises(DependencyTimeout, match="no answer within the time left"):
+            handler({}, lambda_context())
+    finally:
+        release.set()
