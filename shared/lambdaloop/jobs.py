@@ -3,8 +3,8 @@ consumers (which run them): one item per job, one item per result, in one partit
 the tenant's (:mod:`lambdaloop.tenancy`). A job is named by a :class:`JobRef`, its tenant
 and id; the messages that run it carry both.
 
-    T#<tenant>#JOB#<id>  META       the job: type, status, progress (done/total), params,
-                                    error; ``active`` (the tenant's partition) until final
+    T#<tenant>#JOB#<id>  META       the job: tenant, type, status, progress (done/total),
+                                    params, error; ``active`` (the tenant's partition) until final
     T#<tenant>#JOB#<id>  R#<index>  the result of item ``index`` of the job (index
                                     zero-padded, so the results of a job list in order)
 
@@ -45,7 +45,21 @@ from lambdaloop.errors import ConditionFailed, DependencyUnavailable
 from lambdaloop.store import Item, Key, Page, Table, utc_timestamp
 from lambdaloop.tenancy import partition, payload_tenant, scoped
 
-__all__ = ["FINAL", "IN_FLIGHT_INDEX", "STATUSES", "JobRef", "JobStore", "folded", "public"]
+__all__ = [
+    "COMPUTE_JOB",
+    "FETCH_JOB",
+    "FINAL",
+    "IN_FLIGHT_INDEX",
+    "STATUSES",
+    "JobRef",
+    "JobStore",
+    "folded",
+    "public",
+]
+
+#: The job types stored: a fetch job runs in parts, a compute job in chunks.
+FETCH_JOB = "fetch"
+COMPUTE_JOB = "compute"
 
 STATUSES = ("queued", "running", "succeeded", "failed")
 FINAL = frozenset({"succeeded", "failed"})
@@ -135,12 +149,24 @@ class JobStore:
         self._retention_s = retention_s
         self._sleep = sleep
 
-    async def create(self, job: JobRef, type_: str, params: Mapping[str, Any], total: int) -> Item:
-        """Write a new ``queued`` job (``ConditionFailed`` if the id is taken); the item."""
+    async def create(
+        self,
+        job: JobRef,
+        type_: str,
+        params: Mapping[str, Any],
+        total: int,
+        *,
+        correlation_id: str | None = None,
+    ) -> Item:
+        """Write a new ``queued`` job (``ConditionFailed`` if the id is taken); the item.
+
+        Writing it is publishing it: the table's stream brings it to the relay, which
+        queues its first messages (:mod:`lambdaloop.outbox`)."""
         now = utc_timestamp()
         item = {
             **_meta(job),
             "id": job.id,
+            "tenant": job.tenant,
             "active": partition(job.tenant),
             "type": type_,
             "status": "queued",
@@ -151,6 +177,8 @@ class JobStore:
             "updated_at": now,
             "expires_at": int(time.time()) + self._retention_s,
         }
+        if correlation_id:
+            item["correlation_id"] = correlation_id
         await self.table.create(item)
         return item
 

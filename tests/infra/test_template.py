@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import textwrap
 from collections.abc import Callable, Iterator
@@ -41,8 +42,6 @@ EXPECTED_ENVIRONMENT = {
         "REDIS_URL",
         "NOTIFY_QUEUE_URL",
         "JOBS_TABLE",
-        "JOBS_QUEUE_URL",
-        "COMPUTE_QUEUE_URL",
         "JOBS_RESULTS_BUCKET",
     },
     "NotifyFunction": {
@@ -60,7 +59,23 @@ EXPECTED_ENVIRONMENT = {
         "JOBS_MAX_ATTEMPTS",
     },
     "ComputeFunction": {"JOBS_TABLE", "COMPUTE_QUEUE_URL", "COMPUTE_MAX_ATTEMPTS"},
+    "RelayFunction": {"NOTIFY_QUEUE_URL", "JOBS_QUEUE_URL", "COMPUTE_QUEUE_URL"},
 }
+#: The queues work goes to, and the environment variable that names each.
+WORK_QUEUES = {
+    "NotifyQueue": "NOTIFY_QUEUE_URL",
+    "JobsQueue": "JOBS_QUEUE_URL",
+    "ComputeQueue": "COMPUTE_QUEUE_URL",
+}
+#: The outbox tables and the only records of each that ask for messages (the relay's filter):
+#: a new notification (its status updates are MODIFYs); a new job's META item (its results
+#: are INSERTs of R#<index>, its progress MODIFYs).
+OUTBOX_FILTERS: dict[str, dict[str, Any]] = {
+    "NotificationsTable": {"eventName": ["INSERT"]},
+    "JobsTable": {"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk": {"S": ["META"]}}}},
+}
+#: How long DynamoDB Streams keeps a record.
+STREAM_RETENTION_S = 86_400
 POWERTOOLS_ENVIRONMENT = {
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
@@ -138,12 +153,59 @@ def _placeholder_resolver(template: Template) -> Resolver:
 
 
 def _dead_letter_queues(template: Template) -> set[str]:
-    return {
+    """Queues that take failures: redrive targets of other queues, and the OnFailure
+    destinations of event sources."""
+    redrive_targets = {
         target
         for queue in template.of_type("AWS::SQS::Queue").values()
         if (redrive := queue.get("Properties", {}).get("RedrivePolicy"))
         and (target := _ref_target(redrive.get("deadLetterTargetArn"))) is not None
     }
+    return redrive_targets | {queue for _, _, queue in _on_failure_destinations(template)}
+
+
+def _on_failure_destinations(template: Template) -> Iterator[tuple[str, str, str]]:
+    """(function, event, queue logical id) for every event source's OnFailure queue."""
+    for function in template.functions():
+        for name, event in function.events.items():
+            on_failure = event.get("Properties", {}).get("DestinationConfig", {}).get("OnFailure")
+            if on_failure and (queue := _ref_target(on_failure.get("Destination"))) is not None:
+                yield function.logical_id, name, queue
+
+
+def _stream_sources(template: Template) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """Table logical id -> (function, event name, event properties) for every DynamoDB event."""
+    sources: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for function in template.functions():
+        for name, event in function.events.items():
+            if event.get("Type") != "DynamoDB":
+                continue
+            properties = event["Properties"]
+            stream = properties["Stream"]
+            assert stream == {"Fn::GetAtt": [_ref_target(stream), "StreamArn"]}, name
+            table = str(_ref_target(stream))
+            assert table not in sources, f"{table} has two stream consumers"
+            sources[table] = (function.logical_id, name, properties)
+    return sources
+
+
+def _sqs_send_targets(template: Template, function: str) -> set[str]:
+    """Queues (logical ids) a function's policies let it send to: SAM's
+    SQSSendMessagePolicy templates and statements allowing sqs:SendMessage*."""
+    targets: set[str] = set()
+    for policy in template.resources[function]["Properties"].get("Policies", []):
+        if isinstance(policy, dict) and "SQSSendMessagePolicy" in policy:
+            targets.add(str(_ref_target(policy["SQSSendMessagePolicy"]["QueueName"])))
+            continue
+        for statement in _policy_statements(policy):
+            if statement["Effect"] == "Allow" and any(
+                a.lower().startswith("sqs:sendmessage") or a.lower() == "sqs:*"
+                for a in _actions(statement)
+            ):
+                resources = statement["Resource"]
+                for resource in resources if isinstance(resources, list) else [resources]:
+                    targets.add(_ref_target(resource) or str(resource))
+    return targets
 
 
 def _sqs_consumers(template: Template) -> Iterator[tuple[FunctionSpec, str]]:
@@ -192,6 +254,11 @@ def _private_subnets(template: Template) -> set[str]:
         if subnet["Properties"].get("MapPublicIpOnLaunch") is not True
         and logical_id not in public_subnets
     }
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    listed = statement.get("Action", [])
+    return [listed] if isinstance(listed, str) else list(listed)
 
 
 def _policy_statements(value: Any) -> Iterator[dict[str, Any]]:
@@ -376,6 +443,169 @@ def test_visibility_check_bites_on_a_slow_consumer(tmp_path: Path) -> None:
     assert _visibility_problems(load_template(path)) == [
         "Work VisibilityTimeout 180 < 6 x Worker Timeout 60"
     ]
+
+
+def test_every_dead_letter_queue_keeps_messages_14_days_and_has_an_alarm(
+    template: Template,
+) -> None:
+    queues = template.of_type("AWS::SQS::Queue")
+    alarmed = {
+        _ref_target(dimension["Value"])
+        for alarm in template.of_type("AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["Namespace"] == "AWS/SQS"
+        and alarm["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        and alarm["Properties"]["ComparisonOperator"] == "GreaterThanThreshold"
+        and alarm["Properties"]["Threshold"] == 0
+        and alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        for dimension in alarm["Properties"]["Dimensions"]
+        if dimension["Name"] == "QueueName"
+    }
+    dead_letter_queues = _dead_letter_queues(template)
+    assert "RelayDeadLetterQueue" in dead_letter_queues
+    for logical_id in dead_letter_queues:
+        assert queues[logical_id]["Properties"]["MessageRetentionPeriod"] == 1_209_600, logical_id
+        assert logical_id in alarmed, logical_id
+
+
+# ------------------------------------------------------------------------------- outbox relay
+
+
+def test_the_outbox_tables_stream_their_new_items(template: Template) -> None:
+    tables = template.of_type("AWS::DynamoDB::Table")
+    for logical_id in OUTBOX_FILTERS:
+        specification = tables[logical_id]["Properties"]["StreamSpecification"]
+        assert specification == {"StreamViewType": "NEW_IMAGE"}, logical_id
+    # And no other table pays for a stream nobody reads
+    streamed = {lid for lid, t in tables.items() if "StreamSpecification" in t["Properties"]}
+    assert streamed == set(OUTBOX_FILTERS)
+
+
+def test_the_relay_alone_reads_the_outbox_streams(template: Template) -> None:
+    sources = _stream_sources(template)
+    assert set(sources) == set(OUTBOX_FILTERS)
+    assert {function for function, _, _ in sources.values()} == {"RelayFunction"}
+    assert {name for _, name, _ in sources.values()} == {"NotificationsStream", "JobsStream"}
+    relay = template.function("RelayFunction")
+    assert relay.properties["Handler"] == "relay.handler.handler"
+    assert (relay.timeout, relay.memory_size) == (30, 512)
+    # It needs no Redis, so no VPC (and no NAT to reach SQS's public endpoint from one)
+    assert "VpcConfig" not in relay.properties
+    assert "REDIS_URL" not in relay.environment
+
+
+def test_the_relay_reads_from_the_start_and_retries_only_what_failed(template: Template) -> None:
+    for table, (_, name, properties) in _stream_sources(template).items():
+        # Records written before the mapping first polls are relayed too (LATEST skips them)
+        assert properties["StartingPosition"] == "TRIM_HORIZON", name
+        # The handler names the records it could not publish; a failed batch is halved
+        assert properties["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
+        assert properties["BisectBatchOnFunctionError"] is True, name
+        assert 1 <= properties["BatchSize"] <= 100, name
+        assert properties["MaximumBatchingWindowInSeconds"] == 0, name
+        assert "ParallelizationFactor" not in properties, table  # per-shard order is kept
+
+
+def test_the_relay_filters_to_the_records_that_ask_for_messages(template: Template) -> None:
+    for table, (_, name, properties) in _stream_sources(template).items():
+        filters = properties["FilterCriteria"]["Filters"]
+        patterns = [json.loads(entry["Pattern"]) for entry in filters]
+        assert patterns == [OUTBOX_FILTERS[table]], name
+
+
+def test_the_relay_gives_up_on_a_record_into_its_dead_letter_queue(template: Template) -> None:
+    queues = template.of_type("AWS::SQS::Queue")
+    for _, (_, name, properties) in _stream_sources(template).items():
+        # Bounded retries (-1, the default, retries a poison record until it leaves the
+        # stream, holding back its shard), and a bounded age for throttled batches
+        retries = properties["MaximumRetryAttempts"]
+        assert type(retries) is int, name
+        assert 1 <= retries <= 10, name
+        age = properties["MaximumRecordAgeInSeconds"]
+        # Lambda's range is 60 to 604,800; under the stream's retention, the records a
+        # dead-letter message names can still be read back
+        assert type(age) is int, name
+        assert 60 <= age <= STREAM_RETENTION_S // 2, name
+        on_failure = properties["DestinationConfig"]["OnFailure"]
+        # With Type, SAM grants sqs:SendMessage on the destination itself
+        assert on_failure == {
+            "Type": "SQS",
+            "Destination": {"Fn::GetAtt": ["RelayDeadLetterQueue", "Arn"]},
+        }, name
+    relay_dead_letters = queues["RelayDeadLetterQueue"]["Properties"]
+    assert relay_dead_letters["SqsManagedSseEnabled"] is True
+    assert "RedrivePolicy" not in relay_dead_letters
+    outputs = template.body["Outputs"]
+    assert outputs["RelayDeadLetterQueueUrl"]["Value"] == {"Ref": "RelayDeadLetterQueue"}
+
+
+def test_only_the_relay_publishes_new_work_and_the_api_publishes_nothing(
+    template: Template,
+) -> None:
+    # The relay may send to every work queue, and knows where each is
+    relay = template.function("RelayFunction")
+    assert _sqs_send_targets(template, "RelayFunction") == set(WORK_QUEUES)
+    for queue, variable in WORK_QUEUES.items():
+        assert relay.environment[variable] == {"Ref": queue}, variable
+    # The API writes records only: no send of any kind, and no queue URL it could send to
+    # but the notify queue's, whose attributes the health check reads
+    api = template.function("ApiFunction")
+    assert _sqs_send_targets(template, "ApiFunction") == set()
+    assert set(WORK_QUEUES.values()) & set(api.environment) == {"NOTIFY_QUEUE_URL"}
+    sqs_statements = [
+        statement
+        for statement in _policy_statements(api.properties["Policies"])
+        if any(action.startswith("sqs:") for action in _actions(statement))
+    ]
+    assert sqs_statements == [
+        {
+            "Effect": "Allow",
+            "Action": "sqs:GetQueueAttributes",
+            "Resource": {"Fn::GetAtt": ["NotifyQueue", "Arn"]},
+        }
+    ]
+    # A consumer that continues its own work (the next part of a fetch job) still may
+    assert _sqs_send_targets(template, "JobsFunction") == {"JobsQueue"}
+
+
+def test_the_send_check_sees_statements_too(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        Resources:
+          Q: {Type: AWS::SQS::Queue}
+          R: {Type: AWS::SQS::Queue}
+          Sender:
+            Type: AWS::Serverless::Function
+            Properties:
+              CodeUri: .
+              Handler: app.handler
+              Policies:
+                - SQSSendMessagePolicy: {QueueName: !GetAtt Q.QueueName}
+                - Statement:
+                    - Effect: Allow
+                      Action: [sqs:GetQueueAttributes, sqs:SendMessageBatch]
+                      Resource: !GetAtt R.Arn
+        """,
+    )
+    assert _sqs_send_targets(load_template(path), "Sender") == {"Q", "R"}
+
+
+def test_the_relay_alarms_when_it_falls_behind(template: Template) -> None:
+    alarms = [
+        alarm["Properties"]
+        for alarm in template.of_type("AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["MetricName"] == "IteratorAge"
+    ]
+    (alarm,) = alarms
+    assert alarm["Namespace"] == "AWS/Lambda"
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "RelayFunction"}}]
+    assert alarm["Statistic"] == "Maximum"
+    # IteratorAge is in milliseconds: a minute behind, for five minutes
+    assert (alarm["Threshold"], alarm["Period"], alarm["EvaluationPeriods"]) == (60_000, 60, 5)
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    # No new records, no metric: that is not a stuck relay
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
 
 
 # ------------------------------------------------------------------------------- data, network

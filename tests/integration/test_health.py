@@ -9,6 +9,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from lambdaloop.outbox import messages_for
+from lambdaloop.store import item_from_image
 from lambdaloop_local.functions import FunctionPool, InvocationError, LocalFunction
 from lambdaloop_local.services import SilentServer, free_port
 from lambdaloop_local.stack import LocalStack
@@ -125,7 +129,9 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStac
         "jobs-get.json": 404,
     }
     http_events = {
-        p.name for p in EVENTS.glob("*.json") if not p.name.startswith(("sqs-", "invoke-"))
+        p.name
+        for p in EVENTS.glob("*.json")
+        if not p.name.startswith(("sqs-", "invoke-", "stream-"))
     }
     assert set(expected) == http_events, "an event is not tested"
     assert local_stack.moto is not None
@@ -144,6 +150,31 @@ def test_the_sam_local_invoke_events_parse_in_the_handler(local_stack: LocalStac
     statuses = asyncio.run(invoke_all())
 
     assert statuses == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "queue"),
+    [("stream-jobs-insert.json", "JobsQueue"), ("stream-notifications-insert.json", "NotifyQueue")],
+)
+def test_the_sam_local_invoke_stream_events_are_relayed(
+    local_stack: LocalStack, name: str, queue: str
+) -> None:
+    stream_event = event(name)
+    image = item_from_image(stream_event["Records"][0]["dynamodb"]["NewImage"])
+    [expected] = messages_for(image)
+    sqs, url = local_stack.aws_client("sqs"), local_stack.resources.refs[queue]
+    sqs.purge_queue(QueueUrl=url)
+
+    async def invoke() -> Any:
+        pool = FunctionPool(local_stack.local_function("RelayFunction"))
+        try:
+            return (await pool.invoke(stream_event)).result
+        finally:
+            await pool.aclose()
+
+    assert asyncio.run(invoke()) == {"batchItemFailures": []}
+    [message] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", [])
+    assert json.loads(message["Body"]) == json.loads(expected.message.envelope.to_json())
 
 
 def test_the_sam_local_invoke_sqs_event_fails_only_its_poison_record(

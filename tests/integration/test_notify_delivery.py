@@ -14,7 +14,8 @@ from aiohttp import web
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import DependencyError, RetryLater
 from lambdaloop.fetch import aclose_sessions, guarded_session
-from lambdaloop.notifications import Delivery, owner, record_key
+from lambdaloop.messages import Delivery
+from lambdaloop.notifications import owner, record_key
 from lambdaloop.runtime import Deadline
 from lambdaloop.secrets_manager import SecretsManager
 from lambdaloop.ssrf import Policy
@@ -111,7 +112,7 @@ def notification(table: Table, **fields: Any) -> str:
 
 
 def deliver(target: Deliverer, notification_id: str, receive_count: int = 1) -> Any:
-    envelope = Delivery(TENANT, notification_id).envelope(1)
+    envelope = Delivery(TENANT, notification_id, 1).envelope()
     context = RecordContext(notification_id, receive_count, {}, Deadline.never())
     return run(target(envelope, context))
 

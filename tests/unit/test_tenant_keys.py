@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from lambdaloop.jobs import JobRef
-from lambdaloop.notifications import DELIVER, Delivery
+from lambdaloop.messages import DELIVER, Delivery
 from lambdaloop.queue import Envelope
 from lambdaloop.tenancy import claims_tenant, partition, scoped
 
@@ -70,7 +70,7 @@ def test_job_messages_name_their_tenant() -> None:
 
 
 def test_notification_messages_name_their_tenant() -> None:
-    envelope = Delivery("alice", "n1").envelope(user_id=1)
+    envelope = Delivery("alice", "n1", 1).envelope()
 
     delivery = Delivery.parse(envelope)
 
@@ -84,11 +84,12 @@ def test_notification_messages_name_their_tenant() -> None:
 @pytest.mark.parametrize(
     ("envelope_id", "payload", "field"),
     [
-        ("T#alice#NOTIFICATION#n1", {"notification_id": "n1"}, "payload.tenant"),
+        ("T#alice#NOTIFICATION#n1", {"notification_id": "n1", "user_id": 1}, "payload.tenant"),
         ("T#alice#NOTIFICATION#n1", {"tenant": "alice", "notification_id": 5}, "payload.notif"),
+        ("T#alice#NOTIFICATION#n1", {"tenant": "alice", "notification_id": "n1"}, "payload.user"),
         # A payload naming another tenant's record than its envelope id (the idempotency key)
-        ("T#alice#NOTIFICATION#n1", {"tenant": "bob", "notification_id": "n1"}, "id"),
-        ("n1", {"tenant": "alice", "notification_id": "n1"}, "id"),
+        ("T#alice#NOTIFICATION#n1", {"tenant": "bob", "notification_id": "n1", "user_id": 1}, "id"),
+        ("n1", {"tenant": "alice", "notification_id": "n1", "user_id": 1}, "id"),
     ],
 )
 def test_a_notification_message_that_does_not_hold_together_is_refused(

@@ -19,23 +19,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from compute.runner import JOB_COMPUTE, ChunkRunner, compute
+from compute.runner import ChunkRunner, compute
 from compute.settings import ComputeSettings, get_compute_settings
 from lambdaloop.compute.kinds import plan
 from lambdaloop.compute.pool import get_pool
 from lambdaloop.consumer import RecordContext, RetryPolicy, SqsProcessor
 from lambdaloop.jobs import JobStore
+from lambdaloop.messages import COMPUTE, ComputeChunk
 from lambdaloop.observability import get_logger, route_logs
-from lambdaloop.queue import Envelope
 from lambdaloop.runtime import current_deadline, get_loop, lambda_handler
 from lambdaloop.store import Table
 
-__all__ = ["JOB_COMPUTE", "build_processor", "handler"]
+__all__ = ["build_processor", "handler"]
 
 
 def build_processor(settings: ComputeSettings, runner: ChunkRunner) -> SqsProcessor:
     return SqsProcessor(
-        {JOB_COMPUTE: runner},
+        {COMPUTE: runner},
         # The chunks of one batch take turns: each one uses every worker of the pool.
         concurrency=1,
         retry=RetryPolicy(
@@ -59,7 +59,7 @@ async def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return await _processor.process(event)
     deadline = current_deadline()
     if "job_id" in event:
-        envelope = Envelope(JOB_COMPUTE, f"direct-{event['job_id']}", event)
+        envelope = ComputeChunk.from_payload(event).envelope()
         return await _runner(envelope, RecordContext("direct", 1, {}, deadline))
     kind, work, _ = plan(event.get("kind"), event.get("params"))
     partial = await compute(_pool, kind, work, deadline=deadline, margin_s=_settings.margin_s)

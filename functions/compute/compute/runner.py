@@ -31,15 +31,13 @@ from lambdaloop.compute.pool import ProcessPool
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import RetryLater
 from lambdaloop.jobs import FINAL, JobRef, JobStore, folded
+from lambdaloop.messages import ComputeChunk
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline
 
-__all__ = ["JOB_COMPUTE", "ChunkRunner", "compute"]
+__all__ = ["ChunkRunner", "compute"]
 
 logger = logging.getLogger(__name__)
-
-#: The envelope type of a compute chunk (the API publishes one per chunk).
-JOB_COMPUTE = "job.compute"
 
 
 async def compute(
@@ -63,7 +61,8 @@ class ChunkRunner:
         self._pool = pool
 
     async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
-        ref, chunk, kind_name, work = _message(envelope.payload)
+        message = ComputeChunk.parse(envelope)
+        ref, chunk, kind_name, work = message.job, message.chunk, message.kind, message.work
         try:
             return await self.run_chunk(ref, chunk, kind_name, work, context.deadline)
         except Exception as exc:
@@ -97,13 +96,3 @@ class ChunkRunner:
         if after is None:
             return {"status": "missing"}
         return {"status": after["status"], "done": int(after["done"]), "total": int(after["total"])}
-
-
-def _message(payload: dict[str, Any]) -> tuple[JobRef, int, str, dict[str, Any]]:
-    ref, chunk = JobRef.parse(payload), payload.get("chunk")
-    kind, work = payload.get("kind"), payload.get("work")
-    if type(chunk) is not int or chunk < 0:
-        raise ValueError(f"payload.chunk: expected an integer >= 0, got {chunk!r:.40}")
-    if not isinstance(kind, str) or not isinstance(work, dict):
-        raise ValueError("payload.kind and payload.work: expected a string and an object")
-    return ref, chunk, kind, work

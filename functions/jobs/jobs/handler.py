@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.runner import JOB_FETCH, FetchJobRunner
+from jobs.runner import FetchJobRunner
 from jobs.settings import JobsSettings, get_jobs_settings
 from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RetryPolicy, SqsProcessor
 from lambdaloop.idempotency import IdempotencyGuard
 from lambdaloop.jobs import JobStore
+from lambdaloop.messages import FETCH
 from lambdaloop.observability import get_logger, route_logs
 from lambdaloop.queue import Publisher
 from lambdaloop.runtime import lambda_handler
@@ -22,7 +23,7 @@ from lambdaloop.settings import get_runtime_settings
 from lambdaloop.ssrf import Policy
 from lambdaloop.store import Table
 
-__all__ = ["JOB_FETCH", "build_processor", "handler"]
+__all__ = ["build_processor", "handler"]
 
 
 def build_processor(settings: JobsSettings, *, local_mode: bool = False) -> SqsProcessor:
@@ -34,7 +35,7 @@ def build_processor(settings: JobsSettings, *, local_mode: bool = False) -> SqsP
         bodies=Bucket(settings.results_bucket) if settings.results_bucket else None,
     )
     return SqsProcessor(
-        {JOB_FETCH: runner},
+        {FETCH: runner},
         # A part uses the invocation's whole fan-out (the job's own concurrency).
         concurrency=1,
         guard=IdempotencyGuard(

@@ -49,16 +49,15 @@ from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import ConditionFailed
 from lambdaloop.fetch import MAX_CONCURRENCY, Fetcher, FetchOptions, FetchResult
 from lambdaloop.jobs import FINAL, JobRef, JobStore
+from lambdaloop.messages import FetchPart
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline
 from lambdaloop.ssrf import Policy
 
-__all__ = ["JOB_FETCH", "FetchJobRunner"]
+__all__ = ["FetchJobRunner"]
 
 logger = logging.getLogger(__name__)
 
-#: The envelope type of a job part (the API publishes part 0, each part the next one).
-JOB_FETCH = "job.fetch"
 
 T = TypeVar("T")
 
@@ -98,7 +97,8 @@ class FetchJobRunner:
         self._clock = clock
 
     async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
-        ref, part = _message(envelope.payload)
+        message = FetchPart.parse(envelope)
+        ref, part = message.job, message.part
         try:
             return await self.run_part(ref, part, context.deadline)
         except Exception as exc:
@@ -139,9 +139,8 @@ class FetchJobRunner:
             await self._fetch(ref, todo, done, concurrency, bodies=bodies, deadline=deadline)
         if todo:  # stopped for the deadline: the next part fetches the rest
             next_part = part + 1
-            await self._continuations.publish(
-                JOB_FETCH, {**ref.payload(), "part": next_part}, id=ref.part_id(next_part)
-            )
+            following = FetchPart(ref, next_part).envelope()
+            await self._continuations.publish(following.type, following.payload, id=following.id)
             logger.info(
                 "job %s: part %d stored %d of %d; part %d continues",
                 ref,
@@ -361,13 +360,6 @@ class _Part:
 
 async def _next(iterator: AsyncIterator[T]) -> T | None:
     return await anext(iterator, None)
-
-
-def _message(payload: dict[str, Any]) -> tuple[JobRef, int]:
-    ref, part = JobRef.parse(payload), payload.get("part")
-    if type(part) is not int or part < 0:
-        raise ValueError(f"payload.part: expected an integer >= 0, got {part!r:.40}")
-    return ref, part
 
 
 def _params(params: object) -> tuple[list[str], int, bool]:

@@ -24,7 +24,7 @@ import aiohttp
 from lambdaloop import webhooks
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import ConditionFailed, RetryLater
-from lambdaloop.notifications import Delivery
+from lambdaloop.messages import Delivery
 from lambdaloop.queue import Envelope
 from lambdaloop.store import Item, Key, utc_timestamp
 

@@ -14,7 +14,7 @@ import aiohttp
 from lambdaloop.consumer import RetryPolicy, SqsProcessor
 from lambdaloop.fetch import guarded_session
 from lambdaloop.idempotency import IdempotencyGuard
-from lambdaloop.notifications import DELIVER
+from lambdaloop.messages import DELIVER
 from lambdaloop.observability import get_logger, route_logs
 from lambdaloop.runtime import lambda_handler
 from lambdaloop.secrets_manager import SecretsManager
