@@ -104,7 +104,9 @@ class FakeTable:
         self.items[self._id(key)] = item
         return copy.deepcopy(item)
 
-    async def transact_write(self, operations: Sequence[TransactOp]) -> None:
+    async def transact_write(
+        self, operations: Sequence[TransactOp], *, token: str | None = None
+    ) -> None:
         self.calls["transact_write"] += 1
         reasons = [
             "None"

@@ -285,28 +285,33 @@ def run(work: Awaitable[T]) -> T:
     return get_loop().run_until_complete(wrapped())
 
 
-def run_event_source(stack: LocalStack, queue: str, done: Callable[[], bool]) -> None:
-    """Run the template's SQS event source of ``queue`` (a logical id) until ``done()``, in
-    the function's real execution environments; then stop them."""
+def run_event_source(stack: LocalStack, queue: str | None, done: Callable[[], bool]) -> None:
+    """Run the relay (the template's DynamoDB stream event sources, which bring the work the
+    API stored to its queue) and the SQS event source of ``queue`` (a logical id; None: the
+    relay alone) until ``done()``, in the functions' real execution environments; then stop
+    them. The relay goes on where the last run left it."""
     import asyncio
 
     async def consume() -> None:
-        [source] = [
+        sources: list[Any] = [
             s
             for s in stack.sqs_event_sources()
-            if s.config.queue_url == stack.resources.refs[queue]
+            if queue is not None and s.config.queue_url == stack.resources.refs[queue]
         ]
+        if queue is not None and not sources:
+            raise AssertionError(f"no event source reads {queue}")
+        sources += stack.stream_event_sources()
         stop = asyncio.Event()
-        poller = asyncio.create_task(source.run(stop))
+        pollers = [asyncio.create_task(source.run(stop)) for source in sources]
         try:
             for _ in range(1200):  # bounded: about a minute
                 if await asyncio.to_thread(done):
                     return
                 await asyncio.sleep(0.05)
-            raise AssertionError(f"the work on {queue} did not finish")
+            raise AssertionError(f"the work on {queue or 'the streams'} did not finish")
         finally:
             stop.set()
-            await asyncio.wait_for(poller, 30)
+            await asyncio.wait_for(asyncio.gather(*pollers), 30)
             await stack.aclose_functions()
 
     asyncio.run(consume())

@@ -167,9 +167,9 @@ def test_a_job_posted_twice_with_one_key_is_one_job(
 def test_a_server_error_is_not_kept_so_a_retry_runs_again(
     session_stack: LocalStack, records: Table
 ) -> None:
-    # A stack whose jobs queue does not exist: publishing fails, the client gets 503
+    # A stack whose jobs table does not exist: storing the job fails, the client gets 503
     tenant, key = new_tenant(), "retry-me"
-    broken = {"JOBS_QUEUE_URL": "http://127.0.0.1:1/123456789012/missing"}
+    broken = {"JOBS_TABLE": "no-such-table"}
     with in_process_api(session_stack, broken) as api:
         first = post(api, "/jobs/fetch", {"urls": ["https://example.com/"]}, tenant, key)
         retry = post(api, "/jobs/fetch", {"urls": ["https://example.com/"]}, tenant, key)

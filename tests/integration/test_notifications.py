@@ -307,22 +307,6 @@ def test_a_cursor_from_elsewhere_is_a_bad_request(api: InProcessApi) -> None:
     assert stolen.json["field"] == "query.cursor"
 
 
-def test_when_the_queue_is_unreachable_the_client_gets_503_and_the_record_says_failed(
-    api: InProcessApi, local_stack: LocalStack
-) -> None:
-    user_id = create_user(api, None)
-    local_stack.aws_client("sqs").delete_queue(QueueUrl=local_stack.resources.refs["NotifyQueue"])
-    try:
-        response = api.request("POST", f"/users/{user_id}/notify", json={"message": "lost?"})
-    finally:
-        local_stack.create_resources()
-    [record] = api.request("GET", f"/users/{user_id}/notifications").json["notifications"]
-
-    assert response.status == 503
-    assert response.headers["content-type"] == "application/problem+json"
-    assert (record["status"], record["error"]) == ("failed", "not queued")
-
-
 def test_a_webhook_at_an_unreachable_address_is_refused_when_it_is_set(api: InProcessApi) -> None:
     tag = uuid.uuid4().hex[:10]
     response = api.request(

@@ -14,6 +14,8 @@ import pytest
 import redis as redis_sync
 
 from api.users.dependencies import get_users_service
+from api.users.models import MAX_USER_ID
+from api.users.repository import RESERVE_WINDOW
 from lambdaloop.clients import aws_client
 from lambdaloop.runtime import get_loop, lambda_handler
 from lambdaloop_local.stack import LocalStack
@@ -118,14 +120,35 @@ def test_crud_round_trip(api: InProcessApi) -> None:
 
 
 def test_put_creates_and_assigned_ids_never_collide_with_it(api: InProcessApi) -> None:
-    chosen = 10_000_000 + int(uuid.uuid4().int % 1_000_000)
+    tenant = f"put-{uuid.uuid4().hex[:8]}"  # its own id counter, at 0
+    chosen = RESERVE_WINDOW - int(uuid.uuid4().int % 1000)
 
-    created = api.request("PUT", f"/users/{chosen}", json=new_user())
-    later = create(api)
+    created = api.request("PUT", f"/users/{chosen}", json=new_user(), tenant=tenant)
+    later = api.request("POST", "/users", json=new_user(), tenant=tenant)
 
     assert created.status == 201
     assert created.headers["location"] == f"/users/{chosen}"
-    assert later["id"] > chosen
+    assert later.status == 201, later.text
+    assert later.json["id"] > chosen
+
+
+@pytest.mark.parametrize("edge", [MAX_USER_ID, MAX_USER_ID - 1, RESERVE_WINDOW + 1])
+def test_a_put_at_the_edge_of_the_id_range_leaves_post_working(
+    api: InProcessApi, edge: int
+) -> None:
+    tenant = f"edge-{uuid.uuid4().hex[:8]}"
+
+    created = api.request("PUT", f"/users/{edge}", json=new_user(), tenant=tenant)
+    posted = api.request("POST", "/users", json=new_user(), tenant=tenant)
+    batch = api.request(
+        "POST", "/users/batch", json={"users": [new_user(), new_user()]}, tenant=tenant
+    )
+    ids = [posted.json["id"], *(u["id"] for u in batch.json["users"])]
+    reads = [api.request("GET", f"/users/{i}", tenant=tenant) for i in [edge, *ids]]
+
+    assert (created.status, posted.status, batch.status) == (201, 201, 201), batch.text
+    assert ids == [1, 2, 3]  # the counter was left where it was
+    assert [r.status for r in reads] == [200] * 4  # every id handed out is one a route takes
 
 
 def test_a_second_user_with_the_same_email_is_a_conflict(api: InProcessApi) -> None:

@@ -40,8 +40,6 @@ SETTINGS = ApiSettings.from_env(
         "NOTIFICATIONS_TABLE": "notifications",
         "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
         "JOBS_TABLE": "jobs",
-        "JOBS_QUEUE_URL": "http://sqs.local/jobs",
-        "COMPUTE_QUEUE_URL": "http://sqs.local/compute",
         "IDEMPOTENCY_TABLE": "idempotency",
         "LAMBDALOOP_HEALTH_TIMEOUT_S": "0.2",
     }
@@ -218,14 +216,15 @@ def test_an_unhandled_error_is_a_500_without_a_traceback() -> None:
     assert body(response)["detail"] == "The server could not complete the request"
 
 
-def test_a_request_that_runs_into_the_deadline_is_a_504_problem() -> None:
+def test_a_request_that_runs_into_the_deadline_is_a_503_problem_with_retry_after() -> None:
     handler = app_with_test_routes()
 
     # 0.8 s left, 0.5 s of it kept as the margin to answer in.
     response = call(handler, "GET", "/slow", timeout_s=0.8)
 
-    assert response["statusCode"] == 504
-    assert body(response)["title"] == "Gateway Timeout"
+    assert response["statusCode"] == 503
+    assert response["headers"]["retry-after"] == "1"
+    assert body(response)["detail"] == "The request did not finish in its time budget"
 
 
 def test_request_and_correlation_ids() -> None:

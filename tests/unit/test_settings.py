@@ -44,8 +44,6 @@ def test_every_problem_is_reported_at_once() -> None:
         "NOTIFICATIONS_TABLE",
         "NOTIFY_QUEUE_URL",
         "JOBS_TABLE",
-        "JOBS_QUEUE_URL",
-        "COMPUTE_QUEUE_URL",
         "IDEMPOTENCY_TABLE",
         "LAMBDALOOP_HEALTH_TIMEOUT_S",
     }

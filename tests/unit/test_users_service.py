@@ -182,7 +182,9 @@ def test_an_id_taken_behind_the_counters_back_is_skipped(world: World) -> None:
 
 
 class ThrottledTable(FakeTable):
-    async def transact_write(self, operations: Sequence[TransactOp]) -> None:
+    async def transact_write(
+        self, operations: Sequence[TransactOp], *, token: str | None = None
+    ) -> None:
         raise TransactionConflict(["ThrottlingError"] + ["None"] * (len(operations) - 1))
 
 

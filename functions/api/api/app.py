@@ -48,5 +48,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.add_middleware(IdempotencyMiddleware, guard=guard)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, budget_share=settings.request_budget_share)
     return app

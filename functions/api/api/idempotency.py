@@ -15,12 +15,19 @@ layer's :class:`~lambdaloop.idempotency.IdempotencyGuard`, keyed inside the call
 
 A POST without the header runs as it is (and costs nothing more than a header lookup).
 Requests without a verified caller are left to the routes, which refuse them (401).
+
+A request whose answer was lost (a 503 after its write went in, say) is not replayed: its
+retry runs again. So the records a POST creates are named by :func:`new_record_id`, which
+derives the id from the key and the request: the retry names the record the first attempt
+may have written, and finds it instead of writing a second one.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +39,14 @@ from lambdaloop.idempotency import IdempotencyGuard, Result, payload_hash
 from lambdaloop.runtime import current_deadline
 from lambdaloop.tenancy import claims_tenant, scoped
 
-__all__ = ["HEADER", "OPENAPI_PARAMETER", "IdempotencyMiddleware", "record_key", "request_digest"]
+__all__ = [
+    "HEADER",
+    "OPENAPI_PARAMETER",
+    "IdempotencyMiddleware",
+    "new_record_id",
+    "record_key",
+    "request_digest",
+]
 
 HEADER = "Idempotency-Key"
 _HEADER = HEADER.lower().encode()
@@ -51,6 +65,18 @@ OPENAPI_PARAMETER: dict[str, Any] = {
     "request it is 422, while the first still runs 409.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
 }
+
+
+#: The id :func:`new_record_id` gives while a request with a key runs.
+_derived_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "idempotent_record_id", default=None
+)
+
+
+def new_record_id() -> str:
+    """The id of the record this POST creates: the same for every retry of a request with
+    the same Idempotency-Key (and body), random for a request without one."""
+    return _derived_id.get() or uuid.uuid4().hex
 
 
 def record_key(tenant: str, key: str) -> str:
@@ -100,13 +126,13 @@ class IdempotencyMiddleware:
                 raise _NotStored(answer)
             return answer
 
+        guarded, digest = (
+            record_key(tenant, key),
+            request_digest(scope["method"], scope["path"], query, body),
+        )
+        derived = _derived_id.set(hashlib.sha256(f"{guarded}\n{digest}".encode()).hexdigest()[:32])
         try:
-            outcome = await self._guard().run(
-                record_key(tenant, key),
-                request_digest(scope["method"], scope["path"], query, body),
-                work,
-                current_deadline(),
-            )
+            outcome = await self._guard().run(guarded, digest, work, current_deadline())
         except _NotStored as exc:
             await _send_answer(send, exc.answer, replayed=False)
             return
@@ -128,6 +154,8 @@ class IdempotencyMiddleware:
             assert isinstance(outcome.result, dict)
             await _send_answer(send, outcome.result, replayed=outcome.replayed)
             return
+        finally:
+            _derived_id.reset(derived)
         await refusal(scope, receive, send)
 
 

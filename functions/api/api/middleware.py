@@ -1,4 +1,4 @@
-"""Request context for every call: ids, correlation, the deadline, the last-resort 500.
+"""Request context for every call: ids, correlation, the time budget, the last-resort 500.
 
 A pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream per request).
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import internal_error, problem, request_id_var
+from api.problems import internal_error, out_of_time, problem, request_id_var
 from lambdaloop.observability import set_correlation_id
-from lambdaloop.runtime import current_deadline
+from lambdaloop.runtime import budget, current_deadline
 
 __all__ = ["BodyLimitMiddleware", "RequestContextMiddleware", "correlation_id_var"]
 
@@ -50,10 +50,19 @@ def _request_id(scope: Scope) -> str:
 
 class RequestContextMiddleware:
     """Sets request and correlation ids (logged and returned as headers), bounds the request
-    by the invocation's deadline (504), and turns an unhandled error into a 500 problem."""
+    in time, and turns an unhandled error into a 500 problem.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Two bounds: the calls the request makes (AWS, through the layer's adapters) get
+    ``budget_share`` of the invocation's time left, after which they fail as timeouts and
+    the client hears 503 with ``Retry-After``; the rest is kept for answering and for undoing
+    a half-done write (:func:`~lambdaloop.runtime.beyond_budget`). Whatever still runs at the
+    invocation's deadline is cancelled, and the client gets the same 503: never the
+    gateway's own 500 for a function that timed out.
+    """
+
+    def __init__(self, app: ASGIApp, budget_share: float = 1.0) -> None:
         self.app = app
+        self._budget_share = budget_share
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,15 +89,17 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), *ids]
             await send(message)
 
-        deadline = asyncio.timeout(current_deadline().timeout())
+        invocation = current_deadline()
+        deadline = asyncio.timeout(invocation.timeout())
         try:
-            async with deadline:
-                await self.app(scope, receive, send_with_ids)
+            with budget(invocation.remaining() * self._budget_share):
+                async with deadline:
+                    await self.app(scope, receive, send_with_ids)
         except Exception as exc:
             if response_started:
                 raise
             if isinstance(exc, TimeoutError) and deadline.expired():
-                response = problem(504, "The request did not finish in time")
+                response = out_of_time()
             else:
                 response = internal_error(scope["method"], scope["path"], exc)
             await response(scope, receive, send_with_ids)

@@ -20,6 +20,7 @@ __all__ = [
     "PROBLEM_JSON",
     "install_problem_handlers",
     "internal_error",
+    "out_of_time",
     "problem",
     "request_id_var",
 ]
@@ -85,9 +86,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(422, detail, title="Request validation failed", extensions={"errors": errors})
 
 
+def out_of_time() -> JSONResponse:
+    """The request ran out of its time: 503, as for a dependency that did not answer, since
+    a retry may well succeed."""
+    return problem(
+        503, "The request did not finish in its time budget", headers={"Retry-After": "1"}
+    )
+
+
 async def _layer_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, DeadlineExceeded):
-        return problem(504, "The request did not finish in time")
+        return out_of_time()
     if isinstance(exc, DependencyError):
         logger.warning("dependency failure: %s", exc)
         return problem(

@@ -15,17 +15,15 @@ __all__ = ["ApiSettings", "get_api_settings"]
 class ApiSettings:
     users_table: str
     notifications_table: str
+    #: The notify queue, whose attributes GET /health reads (the relay function publishes).
     notify_queue_url: str
     #: How long notification records are kept (the table's TTL removes them after).
     notification_retention_days: int
     jobs_table: str
-    jobs_queue_url: str
     #: How long job records and their results are kept (the table's TTL removes them after).
     job_retention_days: int
     #: Where fetch jobs with ``store_bodies`` keep bodies; None: such jobs are refused.
     jobs_results_bucket: str | None
-    #: Where compute jobs' chunks go.
-    compute_queue_url: str
     #: Jobs (fetch and compute) a tenant may have queued or running at once.
     jobs_in_flight_limit: int
     #: Where POSTs with an Idempotency-Key keep their answers, and for how long.
@@ -39,6 +37,9 @@ class ApiSettings:
     #: Consecutive Redis failures that open the circuit, and how long it stays open.
     breaker_failures: int
     breaker_reset_s: float
+    #: The share of the invocation's time a request may spend on its calls (the rest is
+    #: left to answer 503 and to undo a half-done write).
+    request_budget_share: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
@@ -51,10 +52,8 @@ class ApiSettings:
                 "NOTIFICATION_RETENTION_DAYS", 30, minimum=1, maximum=3650
             ),
             jobs_table=env.text("JOBS_TABLE"),
-            jobs_queue_url=env.url("JOBS_QUEUE_URL", ("https", "http")),
             job_retention_days=env.integer("JOB_RETENTION_DAYS", 30, minimum=1, maximum=3650),
             jobs_results_bucket=env.optional_text("JOBS_RESULTS_BUCKET"),
-            compute_queue_url=env.url("COMPUTE_QUEUE_URL", ("https", "http")),
             jobs_in_flight_limit=env.integer("JOBS_IN_FLIGHT_LIMIT", 10, minimum=1, maximum=1000),
             idempotency_table=env.text("IDEMPOTENCY_TABLE"),
             idempotency_expires_s=env.integer(
@@ -66,6 +65,9 @@ class ApiSettings:
             cache_ttl_s=env.number("USERS_CACHE_TTL_S", 300.0, minimum=1, maximum=86_400),
             breaker_failures=env.integer("LAMBDALOOP_BREAKER_FAILURES", 3, minimum=1),
             breaker_reset_s=env.number("LAMBDALOOP_BREAKER_RESET_S", 10.0, minimum=0.1),
+            request_budget_share=env.number(
+                "LAMBDALOOP_REQUEST_BUDGET_SHARE", 0.6, minimum=0.1, maximum=0.9
+            ),
         )
         env.check()
         return settings

@@ -8,7 +8,6 @@ from api.jobs.service import JobsService
 from api.settings import get_api_settings
 from lambdaloop.blobs import Bucket
 from lambdaloop.jobs import JobStore
-from lambdaloop.queue import Publisher
 from lambdaloop.store import Table
 
 __all__ = ["get_jobs_service", "jobs_service_cache_clear"]
@@ -22,8 +21,6 @@ def get_jobs_service() -> JobsService:
             Table(settings.jobs_table, key_schema=("pk", "sk")),
             retention_s=settings.job_retention_days * 86_400,
         ),
-        Publisher(settings.jobs_queue_url),
-        Publisher(settings.compute_queue_url),
         in_flight_limit=settings.jobs_in_flight_limit,
         bodies=Bucket(settings.jobs_results_bucket) if settings.jobs_results_bucket else None,
     )

@@ -8,11 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 
+from api.idempotency import new_record_id
 from api.identity import JobsRead, JobsWrite
 from api.jobs.dependencies import get_jobs_service
 from api.jobs.models import DEFAULT_PAGE, MAX_PAGE, ComputeRequest, FetchRequest, Job, Queued
 from api.middleware import correlation_id_var
 from lambdaloop.compute.kinds import ParamsError
+from lambdaloop.jobs import JobRef
 
 __all__ = ["install"]
 
@@ -22,19 +24,20 @@ JobId = Annotated[str, Path(min_length=1, max_length=64)]
 async def create_fetch_job(
     tenant: JobsWrite, body: FetchRequest, response: Response
 ) -> dict[str, Any]:
-    job_id = await get_jobs_service().fetch(
-        tenant, body.urls, body.concurrency, body.store_bodies, correlation_id_var.get()
+    job = JobRef(tenant, new_record_id())
+    await get_jobs_service().fetch(
+        job, body.urls, body.concurrency, body.store_bodies, correlation_id_var.get()
     )
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return {"job_id": job_id, "status": "queued"}
+    return _queued(job, response)
 
 
 async def create_compute_job(
     tenant: JobsWrite, body: ComputeRequest, response: Response
 ) -> dict[str, Any]:
+    job = JobRef(tenant, new_record_id())
     try:
-        job_id = await get_jobs_service().compute(
-            tenant, body.kind, body.params, body.chunks, correlation_id_var.get()
+        await get_jobs_service().compute(
+            job, body.kind, body.params, body.chunks, correlation_id_var.get()
         )
     except ParamsError as exc:
         # The kind's own checks, reported like the model's: 422 naming the field.
@@ -42,8 +45,12 @@ async def create_compute_job(
         raise RequestValidationError(
             [{"loc": location, "msg": exc.message, "type": "value_error"}]
         ) from exc
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return {"job_id": job_id, "status": "queued"}
+    return _queued(job, response)
+
+
+def _queued(job: JobRef, response: Response) -> dict[str, Any]:
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return {"job_id": job.id, "status": "queued"}
 
 
 async def get_job(

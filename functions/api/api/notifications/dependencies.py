@@ -8,7 +8,6 @@ from api.notifications.repository import NotificationsRepository
 from api.notifications.service import NotificationsService
 from api.settings import get_api_settings
 from api.users.dependencies import get_users_service
-from lambdaloop.queue import Publisher
 from lambdaloop.store import Table
 
 __all__ = [
@@ -23,7 +22,6 @@ def get_notifications_service() -> NotificationsService:
     return NotificationsService(
         NotificationsRepository(Table(settings.notifications_table, key_schema=("pk",))),
         get_users_service(),
-        Publisher(settings.notify_queue_url),
         retention_s=settings.notification_retention_days * 86_400,
     )
 

@@ -42,28 +42,19 @@ class NotificationsRepository:
         self.table = table
 
     async def create(self, tenant: str, item: Item) -> None:
-        """Store a new notification (``id`` and ``user_id`` among its attributes)."""
+        """Store a new notification (``id`` and ``user_id`` among its attributes);
+        ``ConditionFailed`` when one has its id."""
         await self.table.create(
             {
                 **item,
                 **record_key(tenant, item["id"]),
+                "tenant": tenant,
                 "owner": owner(tenant, item["user_id"]),
             }
         )
 
     async def get(self, tenant: str, notification_id: str) -> Item | None:
         return await self.table.get(record_key(tenant, notification_id))
-
-    async def not_queued(self, tenant: str, notification_id: str, now: str, reason: str) -> None:
-        """Mark a notification that never reached the queue failed, unless its message did
-        get through after all and it was delivered meanwhile."""
-        await self.table.update(
-            record_key(tenant, notification_id),
-            {"status": "failed", "error": reason, "updated_at": now},
-            condition="#status = :queued",
-            names={"#status": "status"},
-            values={":queued": "queued"},
-        )
 
     async def for_user(
         self, tenant: str, user_id: int, limit: int, cursor: str | None

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
+from api.idempotency import new_record_id
 from api.identity import NotificationsRead, NotificationsWrite
 from api.middleware import correlation_id_var
 from api.notifications.dependencies import get_notifications_service
@@ -24,8 +25,9 @@ async def notify(
     body: NotifyRequest,
     response: Response,
 ) -> dict[str, Any]:
-    notification_id = await get_notifications_service().notify(
-        tenant, user_id, body.message, correlation_id_var.get()
+    notification_id = new_record_id()
+    await get_notifications_service().notify(
+        tenant, notification_id, user_id, body.message, correlation_id_var.get()
     )
     response.headers["Location"] = f"/notifications/{notification_id}"
     return {"notification_id": notification_id, "status": "queued"}

@@ -7,6 +7,10 @@ T#<tenant>#USER#<id>      PROFILE   the user (with a version for optimistic conc
 T#<tenant>#EMAIL#<email>  EMAIL     the email's owner: claimed in the same transaction as the
                                     user, so two users can never hold one address
 T#<tenant>#COUNTER#users  COUNTER   the last server-assigned id (UpdateItem ADD)
+
+Users created by POST carry the ``batch`` token of the transaction that wrote them (on the
+user and on its email claim), so undoing a batch deletes exactly what that batch wrote, and
+nothing a concurrent request wrote at the same keys.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from api.errors import Conflict
+from api.users.models import MAX_USER_ID
 from lambdaloop.errors import ConditionFailed, DependencyUnavailable, TransactionConflict
 from lambdaloop.store import BatchGetResult, Item, Key, TransactOp
 from lambdaloop.tenancy import scoped
@@ -24,6 +29,10 @@ __all__ = ["TRANSACTION_USERS", "TableLike", "UserExists", "UsersRepository", "p
 
 #: TransactWriteItems takes 100 operations: a user and its email claim are two.
 TRANSACTION_USERS = 50
+#: A PUT that creates a user moves the id counter past its id only when the id is at most
+#: this far ahead of it: so no PUT can push the counter to the end of the id range (a POST
+#: that later meets a farther PUT id takes fresh ids past it).
+RESERVE_WINDOW = 1_000_000
 _PUBLIC = ("id", "name", "email", "webhook_url", "created_at", "updated_at")
 
 
@@ -45,7 +54,9 @@ class TableLike(Protocol):
         names: dict[str, str] | None = None,
         values: dict[str, Any] | None = None,
     ) -> Item: ...
-    async def transact_write(self, operations: Sequence[TransactOp]) -> None: ...
+    async def transact_write(
+        self, operations: Sequence[TransactOp], *, token: str | None = None
+    ) -> None: ...
 
 
 class UserExists(Exception):
@@ -78,11 +89,11 @@ def _user_item(tenant: str, user: dict[str, Any], version: int) -> Item:
     return item
 
 
-def _claim(tenant: str, user: dict[str, Any]) -> TransactOp:
-    return TransactOp.put(
-        {**email_key(tenant, user["email"]), "user_id": user["id"]},
-        condition="attribute_not_exists(pk)",
-    )
+def _claim(tenant: str, user: dict[str, Any], batch: str | None = None) -> TransactOp:
+    claim = {**email_key(tenant, user["email"]), "user_id": user["id"]}
+    if batch is not None:
+        claim["batch"] = batch
+    return TransactOp.put(claim, condition="attribute_not_exists(pk)")
 
 
 class UsersRepository:
@@ -101,34 +112,49 @@ class UsersRepository:
 
     async def next_ids(self, tenant: str, count: int) -> list[int]:
         last = await self.table.increment(_counter(tenant), "value", count)
+        if last > MAX_USER_ID:  # only reachable by ~9e9 PUTs, each moving it RESERVE_WINDOW
+            raise Conflict("This tenant has no user ids left")
         return list(range(last - count + 1, last + 1))
 
     async def reserve_id(self, tenant: str, user_id: int) -> None:
-        """Move the counter past an id a client chose (PUT), so assigned ids avoid it."""
-        with contextlib.suppress(ConditionFailed):  # the counter is already past it
+        """Move the counter past an id a client chose (PUT) when it is at most
+        :data:`RESERVE_WINDOW` ahead, so assigned ids avoid it."""
+        if user_id <= RESERVE_WINDOW:
+            condition = "attribute_not_exists(#value) OR #value < :reserved"
+            values = {":reserved": user_id}
+        else:
+            condition = "#value < :reserved AND #value >= :floor"
+            values = {":reserved": user_id, ":floor": user_id - RESERVE_WINDOW}
+        with contextlib.suppress(ConditionFailed):  # past it already, or it is too far
             await self.table.update(
                 _counter(tenant),
                 {"value": user_id},
                 must_exist=False,
-                condition="attribute_not_exists(#value) OR #value < :reserved",
+                condition=condition,
                 names={"#value": "value"},
-                values={":reserved": user_id},
+                values=values,
             )
 
-    async def insert(self, tenant: str, users: Sequence[dict[str, Any]]) -> None:
+    async def insert(
+        self, tenant: str, users: Sequence[dict[str, Any]], *, batch: str | None = None
+    ) -> None:
         """Create up to 50 users and claim their emails, all or nothing.
 
-        Raises :class:`UserExists` when an id is taken and :class:`Conflict` naming the
-        emails that are already in use.
+        ``batch`` (a fresh token per call, at most 36 characters) marks what this call
+        writes and is its transaction's ClientRequestToken: calling again with the same
+        ``batch`` after an answer was lost applies it at most once and answers success if
+        the first call went in. Raises :class:`UserExists` when an id is taken and
+        :class:`Conflict` naming the emails that are already in use.
         """
         operations: list[TransactOp] = []
         for user in users:
-            operations.append(
-                TransactOp.put(_user_item(tenant, user, 1), condition="attribute_not_exists(pk)")
-            )
-            operations.append(_claim(tenant, user))
+            item = _user_item(tenant, user, 1)
+            if batch is not None:
+                item["batch"] = batch
+            operations.append(TransactOp.put(item, condition="attribute_not_exists(pk)"))
+            operations.append(_claim(tenant, user, batch))
         try:
-            await self.table.transact_write(operations)
+            await self.table.transact_write(operations, token=batch)
         except TransactionConflict as exc:
             raise _explain(exc, users) from exc
 
@@ -168,14 +194,26 @@ class UsersRepository:
         except TransactionConflict as exc:
             raise UserExists(current["id"]) from exc
 
-    async def delete_created(self, tenant: str, users: Sequence[dict[str, Any]]) -> None:
-        """Undo :meth:`insert` of ``users`` (a later part of a batch failed)."""
-        for start in range(0, len(users), TRANSACTION_USERS):
-            operations: list[TransactOp] = []
-            for user in users[start : start + TRANSACTION_USERS]:
-                operations.append(TransactOp.delete(user_key(tenant, user["id"])))
-                operations.append(TransactOp.delete(email_key(tenant, user["email"])))
-            await self.table.transact_write(operations)
+    async def undo_insert(
+        self, tenant: str, users: Sequence[dict[str, Any]], batch: str, *, token: str
+    ) -> bool:
+        """Delete what :meth:`insert` with ``batch`` wrote, in one transaction (``token``
+        its ClientRequestToken); False when that insert is not there to undo (it never went
+        in, or a user of it was changed since)."""
+        operations = [
+            TransactOp.delete(
+                key, "#batch = :batch", names={"#batch": "batch"}, values={":batch": batch}
+            )
+            for user in users
+            for key in (user_key(tenant, user["id"]), email_key(tenant, user["email"]))
+        ]
+        try:
+            await self.table.transact_write(operations, token=token)
+        except TransactionConflict as exc:
+            if _THROTTLED & set(exc.reasons):
+                raise DependencyUnavailable("dynamodb", f"undo throttled: {exc.reasons}") from exc
+            return False
+        return True
 
 
 _THROTTLED = frozenset({"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"})

@@ -10,19 +10,39 @@ slot (``SET NX``) so a slow reader never overwrites a newer write.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from api.errors import Conflict, NotFound
 from api.users.models import UserFields, UserPatch
 from api.users.repository import TRANSACTION_USERS, UserExists, UsersRepository, public
 from lambdaloop.cache import MISS, Cache, CacheAside
+from lambdaloop.errors import DependencyError
+from lambdaloop.runtime import beyond_budget
 from lambdaloop.store import Item, utc_timestamp
 
 __all__ = ["UsersService"]
 
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 #: Optimistic-concurrency retries when another request changes the same user meanwhile.
 _ATTEMPTS = 3
+
+
+async def _learning_outcome(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, a write with a ClientRequestToken; when no answer came, once more with the
+    same token (past the request's budget), which applies it at most once and answers how
+    it went."""
+    try:
+        return await call()
+    except DependencyError:
+        with beyond_budget():
+            return await call()
 
 
 class UsersService:
@@ -85,34 +105,67 @@ class UsersService:
         return user
 
     async def create_many(self, tenant: str, batch: Sequence[UserFields]) -> list[dict[str, Any]]:
-        """Create users with server-assigned ids, all or nothing."""
+        """Create users with server-assigned ids, all or nothing.
+
+        The users go in by parts of 50, one transaction each. A part whose answer did not
+        arrive is asked again with its token, which tells whether it went in; when even
+        that fails, the part counts as written. If any part fails, every part that went in
+        (or may have) is undone before the error reaches the caller.
+        """
         emails = [fields.email.lower() for fields in batch]
         repeated = sorted({e for e in emails if emails.count(e) > 1})
         if repeated:
             raise Conflict("The same email address appears more than once", emails=repeated)
-        created: list[dict[str, Any]] = []
+        written: list[tuple[str, list[dict[str, Any]]]] = []  # (batch token, its users)
         try:
             for start in range(0, len(batch), TRANSACTION_USERS):
-                part = batch[start : start + TRANSACTION_USERS]
-                created.extend(await self._insert_part(tenant, part))
+                await self._insert_part(tenant, batch[start : start + TRANSACTION_USERS], written)
         except BaseException:
-            # All or nothing: undo the parts that went in before the failure.
-            if created:
-                await self.repository.delete_created(tenant, created)
+            with beyond_budget():  # the undo runs even when the request is out of time
+                await self._undo(tenant, written)
             raise
+        created = [user for _, users in written for user in users]
         await self.cache.set_many({self._key(tenant, u["id"]): u for u in created})
         return created
 
-    async def _insert_part(self, tenant: str, part: Sequence[UserFields]) -> list[dict[str, Any]]:
+    async def _insert_part(
+        self,
+        tenant: str,
+        part: Sequence[UserFields],
+        written: list[tuple[str, list[dict[str, Any]]]],
+    ) -> None:
         for _ in range(_ATTEMPTS):
             ids = await self.repository.next_ids(tenant, len(part))
             users = [self._new(i, fields) for i, fields in zip(ids, part, strict=True)]
+            token = str(uuid.uuid4())
+            written.append((token, users))  # from here on it may have gone in
             try:
-                await self.repository.insert(tenant, users)
+                await _learning_outcome(
+                    functools.partial(self.repository.insert, tenant, users, batch=token)
+                )
             except UserExists:
+                written.pop()  # refused: nothing of it went in
                 continue  # a client PUT one of these ids: take fresh ones
-            return users
+            except Conflict:
+                written.pop()
+                raise
+            return
         raise Conflict("Could not assign user ids; try again")
+
+    async def _undo(self, tenant: str, written: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Delete the parts in ``written``; the cache then says "absent" for their ids (or
+        forgets them, when the undo itself failed and they may still exist)."""
+        keys = [self._key(tenant, u["id"]) for _, users in written for u in users]
+        try:
+            for batch, users in written:
+                token = str(uuid.uuid4())
+                undo = functools.partial(self.repository.undo_insert, tenant, users, batch)
+                await _learning_outcome(functools.partial(undo, token=token))
+        except Exception:
+            logger.exception("users batch: undo failed; users may remain: %s", keys)
+            await self.cache.delete(*keys)
+            return
+        await self.cache.set_many(dict.fromkeys(keys))
 
     async def replace(
         self, tenant: str, user_id: int, fields: UserFields
