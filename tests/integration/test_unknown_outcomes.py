@@ -4,9 +4,13 @@ API and the relay still leave nothing half-done and nothing applied twice."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,16 +20,19 @@ from botocore.config import Config
 from faultproxy import Blackhole, CutAnswer, Delay, FaultProxy, Refuse, running_proxy
 from lambdaloop.jobs import JobRef
 from lambdaloop.messages import Delivery, FetchPart
-from lambdaloop.store import Table
+from lambdaloop.store import Table, item_from_image
+from lambdaloop_local.functions import InvocationError
 from lambdaloop_local.stack import LocalStack
 from support import (
     ApiResponse,
     InProcessApi,
     attached_stack,
+    http_event,
     in_process_api,
     job_store,
     run,
     run_event_source,
+    with_claims,
 )
 
 
@@ -294,3 +301,69 @@ def test_a_send_whose_answer_was_lost_is_sent_again_and_delivered_once(
     assert cut.hits == 1
     assert proxy.seen[before:].count("SendMessageBatch") >= 2  # the relay sent it again
     assert (shown["status"], shown["channel"], shown["attempts"]) == ("delivered", "inbox", 1)
+
+
+def workers_of(handler: str) -> list[int]:
+    """The pids of this process's local execution environments running ``handler``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and handler.encode() in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_an_api_function_killed_right_after_its_write_still_gets_its_job_run(
+    session_stack: LocalStack, proxy: FaultProxy
+) -> None:
+    stack = attached_stack(
+        session_stack, {"ApiFunction": {"AWS_ENDPOINT_URL_DYNAMODB": proxy.endpoint_url}}
+    )
+    tenant, url = new_tenant(), f"https://example.com/{uuid.uuid4().hex}"
+    request = http_event(
+        "POST",
+        "/jobs/fetch",
+        headers={"content-type": "application/json"},
+        body=json.dumps({"urls": [url]}).encode(),
+    )
+    stored = proxy.add_fault(Blackhole("PutItem"))  # the job is written, then no answer
+
+    async def post_and_kill() -> BaseException | None:
+        pool = stack.pool("ApiFunction")
+        others = set(workers_of("api.handler.handler"))
+        posting = asyncio.create_task(pool.invoke(with_claims(request, tenant)))
+        try:
+            async with asyncio.timeout(60):
+                await stored.wait_fired()
+            [worker] = set(workers_of("api.handler.handler")) - others
+            os.kill(worker, signal.SIGKILL)
+            [ended] = await asyncio.gather(posting, return_exceptions=True)
+            return ended if isinstance(ended, BaseException) else None
+        finally:
+            posting.cancel()
+            await stack.aclose_functions()
+
+    outcome = asyncio.run(post_and_kill())
+    [job] = [j for j in jobs_of(session_stack, tenant) if j["params"]["urls"] == [url]]
+
+    # The kill comes as soon as the write is in, well within the request's budget, so the
+    # function dies without answering (a machine slow enough to let the budget run out first
+    # gets a 503 instead): either way the client never heard of its job.
+    assert outcome is None or isinstance(outcome, InvocationError)
+    assert job["status"] == "queued"
+    assert messages_on(session_stack, "JobsQueue", FetchPart(JobRef(tenant, job["id"]), 0)) == 1
+
+
+def jobs_of(stack: LocalStack, tenant: str) -> list[dict[str, Any]]:
+    """The tenant's job records (META items), read from moto directly."""
+    client = stack.aws_client("dynamodb")
+    table = stack.resources.refs["JobsTable"]
+    prefix = f"T#{tenant}#JOB#"
+    items = []
+    for scanned in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        items += [i for i in scanned["Items"] if i["pk"]["S"].startswith(prefix)]
+    return [item_from_image(i) for i in items if i["sk"]["S"] == "META"]
