@@ -80,6 +80,8 @@ bench: env
 	$(VENV)/bin/python bench/fetch.py
 	$(VENV)/bin/python bench/pool.py
 	$(VENV)/bin/python bench/fanout.py
+	$(VENV)/bin/python bench/outbox.py
+	$(VENV)/bin/python bench/idempotency_key.py
 
 # The layer's requirements are exported from the lock so the deployed layer and the local
 # environment run the same versions.
