@@ -21,12 +21,14 @@ export UV_PYTHON_DOWNLOADS := never
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help env dev test test-unit test-integration test-e2e test-infra test-py313 lint format bench build deploy lock clean
+.PHONY: help env dev test test-unit test-integration test-e2e test-infra test-py313 lint format bench build build-x86_64 deploy lock clean
 
 help:
 	@echo "make dev     run the bundle locally (API on http://127.0.0.1:3000)"
 	@echo "make test    run the whole test suite (Python 3.11, then 3.13 when available)"
-	@echo "make lint | bench | build | deploy | lock | clean"
+	@echo "make build   sam build (arm64, what deploys) into .aws-sam/build, with bytecode"
+	@echo "make build-x86_64   the same for x86_64 into .aws-sam/build-x86_64 (sam local on x86)"
+	@echo "make lint | bench | deploy | lock | clean"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
@@ -90,10 +92,34 @@ lock: $(UV)
 	$(UV) export --no-dev --no-emit-project --no-hashes --no-header --no-annotate --quiet \
 		--output-file shared/requirements.txt
 
+BUILD_DIR := .aws-sam/build
+BUILD_DIR_X86_64 := .aws-sam/build-x86_64
+# The variant's source template lives outside its build dir: sam build empties that first.
+TEMPLATE_X86_64 := .aws-sam/x86_64/template.yaml
+
+# Lambda's /opt and /var/task are read-only, so a module shipped without bytecode is compiled
+# again on every cold start. The runtime's Python compiles it (pyc magic is per minor
+# version). unchecked-hash: the deployment zip does not keep mtimes, so timestamp pycs would
+# not match their sources and be ignored. -f: without it, compileall leaves a timestamp pyc
+# that matches its source as it is.
+compile_bytecode = $(PY313) -m compileall -q -f -j 0 --invalidation-mode unchecked-hash $(1)
+need_py313 = test -n "$(PY313)" || { echo "sam build needs python3.13 on PATH"; exit 1; }
+
 build: $(SAM)
-	@test -n "$(PY313)" || { echo "sam build needs python3.13 on PATH"; exit 1; }
+	@$(need_py313)
 	PATH="$(dir $(PY313)):$$PATH" $(SAM) validate --lint
-	PATH="$(dir $(PY313)):$$PATH" $(SAM) build --parallel
+	PATH="$(dir $(PY313)):$$PATH" $(SAM) build --parallel --build-dir $(BUILD_DIR)
+	$(call compile_bytecode,$(BUILD_DIR))
+
+# For `sam local -t $(BUILD_DIR_X86_64)/template.yaml` on x86 machines, where the arm64 build
+# runs under emulation (too slow to import within the API's timeout). The variant is generated
+# from template.yaml (architectures only, checked) and built from the repository root.
+build-x86_64: $(SAM) env
+	@$(need_py313)
+	$(VENV)/bin/python infra/build/arch_variant.py --architecture x86_64 template.yaml $(TEMPLATE_X86_64)
+	PATH="$(dir $(PY313)):$$PATH" $(SAM) build --parallel --template-file $(TEMPLATE_X86_64) \
+		--base-dir . --build-dir $(BUILD_DIR_X86_64)
+	$(call compile_bytecode,$(BUILD_DIR_X86_64))
 
 deploy: build
 	$(SAM) deploy --guided

@@ -17,6 +17,29 @@ answer is 200 and prints both durations as JSON on its last stdout line; the par
 times the whole process, spawn to exit. Peers run round-robin (so machine noise hits all of
 them alike) after one uncounted warm-up round that writes the .pyc files Lambda would ship.
 
+A second table, in the same run and the same round-robin, measures what deploys: the API
+handler imported from the built artifact of ``make build-x86_64`` (``ApiFunction`` and
+``CoreLayer/python`` of ``.aws-sam/build-x86_64``, the x86_64 variant because this runs on x86
+machines; the arm64 build is the same but for its wheels), copied into a temporary folder as
+``var/task`` and ``opt/python`` and made read-only (``chmod -R a-w``) like Lambda's ``/var/task``
+and ``/opt``, with ``PYTHONDONTWRITEBYTECODE=1`` (chmod does not stop root): once with the
+bytecode ``make build`` ships and once from a copy without its ``__pycache__`` folders, which
+compiles every module again on every start, as a cold start did before the build shipped
+bytecode. Goal: the artifact's init at most ``GOAL_BUILT_VS_VENV`` times the ``.venv``'s.
+
+That comparison is made on one Python. The artifact's compiled wheels (pydantic-core,
+aiohttp, ...) are cp313, so only 3.13 can import it, while the ``.venv`` (and the first
+table) is 3.11, and 3.13 imports the same code at its own speed. So its baseline is the
+first table's ``lambdaloop`` row run by ``.venv-py313`` (the 3.13 environment ``make
+test-py313`` keeps, from the same lock), and the artifact rows run by that same interpreter:
+the rows differ only in where the code comes from and whether its bytecode is there. The
+ratio to the 3.11 ``.venv`` row is shown too. The child reports the files it imported the
+handler and ``lambdaloop`` from, and a peer that imported them from anywhere but its own
+folders (a venv's editable install puts the source tree on ``sys.path`` too) fails the run.
+Without the build or ``.venv-py313``, or when the function's or the layer's own modules in
+the build differ from the source tree's (a build older than the code), the second table is
+left out, saying why; if they change during the run, the run fails.
+
 Run it with ``make bench`` or, from any directory, ``.venv/bin/python bench/coldstart.py``
 (``--runs N`` for more runs, ``--json`` to print the raw numbers too).
 """
@@ -28,6 +51,8 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -42,10 +67,19 @@ from benchkit import ROOT, p90
 
 API_CODE_URI = ROOT / "functions" / "api"
 SHARED_LAYER = ROOT / "shared"
+#: What `make build-x86_64` writes: the API function and the layer as Lambda gets them.
+ARTIFACT = ROOT / ".aws-sam" / "build-x86_64"
+BUILT_FUNCTION = ARTIFACT / "ApiFunction"
+BUILT_LAYER = ARTIFACT / "CoreLayer" / "python"
+#: The Python 3.13 environment `make test-py313` keeps (the artifact's wheels are cp313).
+VENV313_PYTHON = ROOT / ".venv-py313" / "bin" / "python"
+WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 #: Ratios of lambdaloop's median init the bundle aims for.
 GOAL_VS_BARE = 1.15
 GOAL_VS_NAIVE = 0.5
+#: The built artifact's median init against the .venv's, on the same Python.
+GOAL_BUILT_VS_VENV = 1.1
 
 #: The same environment for every peer: what the API function's cold start reads.
 BENCH_ENV = {
@@ -55,6 +89,7 @@ BENCH_ENV = {
     "JOBS_TABLE": "bench-jobs",
     "JOBS_QUEUE_URL": "http://127.0.0.1:9/000000000000/bench-jobs",
     "COMPUTE_QUEUE_URL": "http://127.0.0.1:9/000000000000/bench-compute",
+    "IDEMPOTENCY_TABLE": "bench-idempotency",
     "REDIS_URL": "redis://127.0.0.1:9/0",
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",  # Lambda sets both; boto3 reads this one
@@ -93,7 +128,18 @@ response = handler(event, Context())
 t2 = time.perf_counter()
 if response.get("statusCode") != 200:
     sys.exit(f"{module}: GET / answered {response.get('statusCode')}: {response.get('body')!r}")
-print(json.dumps({"init_ms": (t1 - t0) * 1e3, "request_ms": (t2 - t1) * 1e3}))
+# Where the handler and the layer came from, so the parent can tell a peer imported its own.
+files = [sys.modules[name].__file__ for name in (module, "lambdaloop") if name in sys.modules]
+print(
+    json.dumps(
+        {
+            "init_ms": (t1 - t0) * 1e3,
+            "request_ms": (t2 - t1) * 1e3,
+            "python": ".".join(map(str, sys.version_info[:3])),
+            "files": files,
+        }
+    )
+)
 """
 
 BARE_HANDLER = '''\
@@ -193,6 +239,9 @@ class Peer:
     module: str
     pythonpath: tuple[Path, ...]
     attribute: str = "handler"
+    python: str = sys.executable
+    #: Set in the child's environment on top of BENCH_ENV.
+    extra_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -200,6 +249,7 @@ class Samples:
     init_ms: list[float] = field(default_factory=list)
     first_ms: list[float] = field(default_factory=list)  # init + first request
     process_ms: list[float] = field(default_factory=list)
+    python: str = ""  # the version the child reported
 
 
 def write_peers(workdir: Path) -> list[Peer]:
@@ -214,6 +264,79 @@ def write_peers(workdir: Path) -> list[Peer]:
         Peer("lambdaloop", "lambdaloop", "api.handler", (API_CODE_URI, SHARED_LAYER)),
         Peer("naive", "naive", "naive_handler", (workdir / "naive",)),
     ]
+
+
+def set_writable(root: Path, *, writable: bool) -> None:
+    """``chmod -R u+w`` or ``chmod -R a-w`` on ``root``."""
+    for folder, _, names in os.walk(root):
+        for path in (Path(folder), *(Path(folder) / name for name in names)):
+            mode = path.stat().st_mode
+            path.chmod(mode | stat.S_IWUSR if writable else mode & ~WRITE_BITS)
+
+
+def read_only_copy(destination: Path, *, bytecode: bool) -> tuple[Path, Path]:
+    """The API function and the layer's ``python`` folder of the built artifact copied as
+    Lambda lays them out (``var/task``, ``opt/python``) and made read-only, with or without
+    their ``__pycache__`` folders; returns (task, layer)."""
+    ignore = None if bytecode else shutil.ignore_patterns("__pycache__")
+    task, layer = destination / "var" / "task", destination / "opt" / "python"
+    shutil.copytree(BUILT_FUNCTION, task, ignore=ignore)
+    shutil.copytree(BUILT_LAYER, layer, ignore=ignore)
+    set_writable(destination, writable=False)
+    return task, layer
+
+
+def stale_modules() -> list[str]:
+    """The API function's and the layer's own modules that differ between the source tree and
+    the built artifact: the rows would compare different code."""
+    differing = []
+    for source, built in (
+        (API_CODE_URI, BUILT_FUNCTION),
+        (SHARED_LAYER / "lambdaloop", BUILT_LAYER / "lambdaloop"),
+    ):
+        names = {path.relative_to(source) for path in source.rglob("*.py")}
+        names |= {path.relative_to(built) for path in built.rglob("*.py")}
+        for name in sorted(names):
+            mine, shipped = source / name, built / name
+            if (
+                not (mine.is_file() and shipped.is_file())
+                or mine.read_bytes() != shipped.read_bytes()
+            ):
+                differing.append(str((source / name).relative_to(ROOT)))
+    return differing
+
+
+def artifact_peers(workdir: Path, python313: Path) -> tuple[list[Peer], str]:
+    """The 3.13 rows: the source tree with ``python313`` (a 3.13 venv) and read-only copies of
+    the built artifact with and without its bytecode; or none, and why."""
+    if not (BUILT_FUNCTION.is_dir() and BUILT_LAYER.is_dir()):
+        return [], f"no built artifact in {ARTIFACT}: `make build-x86_64` adds its rows"
+    if not python313.is_file():
+        return [], f"no {python313} (the artifact's wheels are cp313): `make test-py313` makes it"
+    if stale := stale_modules():
+        return [], f"{ARTIFACT} is older than the source ({', '.join(stale)}): rebuild it"
+    if not any(BUILT_LAYER.rglob("*.cpython-313.pyc")):
+        raise BenchError(f"{ARTIFACT} ships no bytecode: build it with `make build-x86_64`")
+    with_pyc = read_only_copy(workdir / "built", bytecode=True)
+    without_pyc = read_only_copy(workdir / "built-no-pyc", bytecode=False)
+    python = str(python313)
+    # chmod does not stop root, so the environment is what keeps these copies unwritten.
+    no_writes = (("PYTHONDONTWRITEBYTECODE", "1"),)
+    source = (API_CODE_URI, SHARED_LAYER)
+    return [
+        Peer("venv313", "lambdaloop, .venv 3.13", "api.handler", source, python=python),
+        Peer(
+            "built", "built, bytecode", "api.handler", with_pyc, python=python, extra_env=no_writes
+        ),
+        Peer(
+            "built_no_pyc",
+            "built, no bytecode",
+            "api.handler",
+            without_pyc,
+            python=python,
+            extra_env=no_writes,
+        ),
+    ], ""
 
 
 def http_api_event() -> dict[str, Any]:
@@ -249,12 +372,13 @@ def child_env(peer: Peer) -> dict[str, str]:
     env = {key: os.environ[key] for key in _INHERITED if key in os.environ}
     env.update(BENCH_ENV)
     env["PYTHONPATH"] = os.pathsep.join(str(path) for path in peer.pythonpath)
+    env.update(peer.extra_env)
     return env
 
 
-def run_once(peer: Peer, event_json: str) -> tuple[float, float, float]:
-    """One cold process: (init ms, init + first request ms, whole process ms)."""
-    argv = [sys.executable, "-c", CHILD, peer.module, peer.attribute, event_json]
+def run_once(peer: Peer, event_json: str) -> tuple[float, float, float, str]:
+    """One cold process: (init ms, init + first request ms, whole process ms, Python)."""
+    argv = [peer.python, "-c", CHILD, peer.module, peer.attribute, event_json]
     start = time.perf_counter()
     # cwd is the code folder, as /var/task is on Lambda.
     done = subprocess.run(
@@ -274,20 +398,29 @@ def run_once(peer: Peer, event_json: str) -> tuple[float, float, float]:
         timings = json.loads(lines[-1])
     except (IndexError, ValueError):
         raise BenchError(f"{peer.name} printed no timings:\n{done.stdout[-2000:]}") from None
+    # A venv's editable install also puts the source tree on sys.path, after PYTHONPATH: a
+    # module missing from a peer's folders would quietly come from there.
+    stray = [
+        file
+        for file in timings["files"]
+        if not any(Path(file).is_relative_to(folder) for folder in peer.pythonpath)
+    ]
+    if stray:
+        raise BenchError(f"{peer.name} imported from outside {peer.pythonpath}: {stray}")
     init_ms = float(timings["init_ms"])
-    return init_ms, init_ms + float(timings["request_ms"]), process_ms
+    return init_ms, init_ms + float(timings["request_ms"]), process_ms, str(timings["python"])
 
 
 def measure(peers: Sequence[Peer], runs: int) -> dict[str, Samples]:
     """A warm-up round (writes .pyc, checks 200), then ``runs`` round-robin rounds."""
     event_json = json.dumps(http_api_event())
-    for peer in peers:
-        run_once(peer, event_json)
     samples = {peer.name: Samples() for peer in peers}
+    for peer in peers:
+        samples[peer.name].python = run_once(peer, event_json)[3]
     for round_no in range(runs):
         shift = round_no % len(peers)  # rotate who goes first, too
         for peer in [*peers[shift:], *peers[:shift]]:
-            init_ms, first_ms, process_ms = run_once(peer, event_json)
+            init_ms, first_ms, process_ms, _ = run_once(peer, event_json)
             samples[peer.name].init_ms.append(init_ms)
             samples[peer.name].first_ms.append(first_ms)
             samples[peer.name].process_ms.append(process_ms)
@@ -324,6 +457,42 @@ def render_table(peers: Sequence[Peer], samples: dict[str, Samples], runs: int) 
     return lines
 
 
+def render_artifact_table(
+    peers: Sequence[Peer], samples: dict[str, Samples], note: str
+) -> list[str]:
+    if not peers:
+        return ["", f"built artifact: no rows ({note})"]
+    init = {peer.name: statistics.median(samples[peer.name].init_ms) for peer in peers}
+    venv, venv311 = init["venv313"], statistics.median(samples["lambdaloop"].init_ms)
+    lines = [
+        "",
+        f"built artifact ({ARTIFACT.relative_to(ROOT)}, read-only copies, "
+        f"PYTHONDONTWRITEBYTECODE=1; python {samples['venv313'].python})",
+        f"{'peer':<24}{'init ms':>9}{'init p90':>10}{'init+first ms':>15}{'process ms':>12}"
+        f"{'vs .venv 3.13':>15}{'vs .venv 3.11':>15}",
+    ]
+    for peer in peers:
+        s = samples[peer.name]
+        lines.append(
+            f"{peer.label:<24}{init[peer.name]:>9.1f}{p90(s.init_ms):>10.1f}"
+            f"{statistics.median(s.first_ms):>15.1f}{statistics.median(s.process_ms):>12.1f}"
+            f"{init[peer.name] / venv:>14.2f}x{init[peer.name] / venv311:>14.2f}x"
+        )
+    built, no_pyc = init["built"] / venv, init["built_no_pyc"] / venv
+    slower = init["built_no_pyc"] / init["built"]
+    lines += [
+        f"goal: built artifact init <= {GOAL_BUILT_VS_VENV}x the .venv's on the same Python -> "
+        f"{'met' if built <= GOAL_BUILT_VS_VENV else 'NOT met'} ({built:.2f}x); without its "
+        f"bytecode {no_pyc:.2f}x ({slower:.2f}x the artifact with it)",
+        "built = api.handler from copies of ApiFunction (as /var/task) and CoreLayer/python (as",
+        "  /opt/python), in that order on PYTHONPATH, read-only, pycs as `make build-x86_64` ships",
+        "  them; no bytecode = the same copies without __pycache__, compiled again on every start;",
+        "lambdaloop, .venv 3.13 = the first table's lambdaloop run by .venv-py313, whose bytecode",
+        "  the warm-up wrote (as the .venv's); vs .venv 3.11 = against the first table's row.",
+    ]
+    return lines
+
+
 def footnotes() -> list[str]:
     if importlib.util.find_spec("aws_xray_sdk") is None:
         xray = "naive: aws_xray_sdk is ABSENT, so its Tracer import cost is not counted"
@@ -345,7 +514,12 @@ def raw_numbers(samples: dict[str, Samples], runs: int) -> dict[str, Any]:
         "runs": runs,
         "python": platform.python_version(),
         "peers": {
-            name: {"init_ms": s.init_ms, "first_ms": s.first_ms, "process_ms": s.process_ms}
+            name: {
+                "python": s.python,
+                "init_ms": s.init_ms,
+                "first_ms": s.first_ms,
+                "process_ms": s.process_ms,
+            }
             for name, s in samples.items()
         },
     }
@@ -366,11 +540,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lambdaloop-bench-") as workdir:
         peers = write_peers(Path(workdir))
         try:
-            samples = measure(peers, args.runs)
+            built, note = artifact_peers(Path(workdir), VENV313_PYTHON)
+            samples = measure([*peers, *built], args.runs)
+            if built and (stale := stale_modules()):
+                raise BenchError(f"the source changed during the run ({stale}): run it again")
         except BenchError as exc:
             print(f"coldstart: {exc}", file=sys.stderr)
             return 1
+        finally:
+            set_writable(Path(workdir), writable=True)  # so that it can be removed
     print("\n".join(render_table(peers, samples, args.runs)))
+    print("\n".join(render_artifact_table(built, samples, note)))
     if args.json:
         print(json.dumps(raw_numbers(samples, args.runs), indent=2))
     return 0
