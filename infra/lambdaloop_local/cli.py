@@ -1,12 +1,14 @@
 """``lambdaloop``: the bundle's Docker-free ``sam local``.
 
     lambdaloop dev                          the whole bundle on 127.0.0.1 (API on :3000)
+    lambdaloop dev --services-only --host 172.17.0.1   moto, Redis and the resources only
     lambdaloop invoke ApiFunction -e ev.json   one invocation, result JSON on stdout
     lambdaloop token alice                  a bearer token the local API accepts
+    lambdaloop env-vars -o env.json         sam local's --env-vars for the running dev
 
 ``invoke`` attaches to a running ``lambdaloop dev`` (so it sees the same data) and otherwise
-starts a throw-away stack of its own. All three keep their state (the running stack's
-endpoints, the local JWT signing key) in ``.lambdaloop/`` beside the template.
+starts a throw-away stack of its own; ``env-vars`` needs one. They keep their state (the
+running stack's endpoints, the local JWT signing key) in ``.lambdaloop/`` beside the template.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -22,6 +25,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 # What `lambdaloop token` needs, and only that: the stack's modules (moto, fakeredis, aiohttp)
 # cost seconds to import, so `dev` and `invoke` import them when they run.
@@ -63,12 +67,12 @@ def _running_dev(template: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _state(template: Path, stack: LocalStack, api_url: str) -> Iterator[None]:
+def _state(template: Path, stack: LocalStack, api_url: str | None) -> Iterator[None]:
     path = _state_file(template)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     state = {
         "pid": os.getpid(),
-        "api": api_url,
+        "api": api_url,  # None: services only
         "aws_endpoint": stack.aws_endpoint,
         "redis_url": stack.redis_url,
     }
@@ -86,9 +90,6 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def _dev(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from lambdaloop_local.apigw import http_api_routes, make_app
     from lambdaloop_local.stack import LocalStack, StackConfig
 
     config = StackConfig(
@@ -102,6 +103,21 @@ async def _dev(args: argparse.Namespace) -> int:
     )
     stack = LocalStack(config)
     stack.start()
+    try:
+        if args.services_only:
+            return await _serve_services(args, stack)
+        return await _serve_bundle(args, stack)
+    finally:
+        await stack.aclose_functions()
+        stack.stop()
+
+
+async def _serve_bundle(args: argparse.Namespace, stack: LocalStack) -> int:
+    """``dev``: the API on ``args.port`` and the event source pollers, over the stack."""
+    from aiohttp import web
+
+    from lambdaloop_local.apigw import http_api_routes, make_app
+
     runner: web.AppRunner | None = None
     stop = asyncio.Event()
     pollers: list[asyncio.Task[None]] = []
@@ -151,9 +167,111 @@ async def _dev(args: argparse.Namespace) -> int:
         await asyncio.gather(*pollers, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
-        await stack.aclose_functions()
-        stack.stop()
     return 0
+
+
+async def _serve_services(args: argparse.Namespace, stack: LocalStack) -> int:
+    """``dev --services-only``: moto, Redis and the template's resources, for functions that
+    run elsewhere (``sam local``). No API server and no event source pollers: a consumer that
+    sam local invokes must not race the emulator's for the same messages."""
+    stop = asyncio.Event()
+    with _state(args.template, stack, None):
+        print(f"lambdaloop dev ({args.template.name}): services only", flush=True)
+        print(f"  AWS (moto)  {stack.aws_endpoint}", flush=True)
+        print(f"  Redis       {stack.redis_url}  [{stack.redis_kind}]", flush=True)
+        print(
+            "  No API server and no event source pollers; for sam local's --env-vars:"
+            " lambdaloop env-vars --host HOSTNAME -o FILE",
+            flush=True,
+        )
+        print("Press Ctrl-C to stop.", flush=True)
+        _stop_on_signals(stop)
+        await stop.wait()
+    print("stopping...", flush=True)
+    return 0
+
+
+#: What `sam local` needs besides --env-vars: the region the local resources are in (moto
+#: keeps resources per region, and SAM gives a function the profile's region otherwise), and
+#: on Linux the host name (Docker Desktop has host.docker.internal built in).
+_SAM_HINT = "sam local: pass --env-vars {path} --region {region}"
+_SAM_HOST_HINT = " (on Linux also --add-host {host}:host-gateway)"
+#: The endpoint SAM must pass for a function to use the local stack: a template that does not
+#: declare it would let the function call real AWS.
+_REQUIRED_SAM_VARIABLES = ("AWS_ENDPOINT_URL",)
+
+
+def _env_vars(args: argparse.Namespace) -> int:
+    """``lambdaloop env-vars``: sam local's --env-vars JSON for every function of the template,
+    pointed at the running ``lambdaloop dev`` as a container reaches it (``--host``)."""
+    from lambdaloop_local.stack import LocalStack, StackConfig
+
+    running = _running_dev(args.template)
+    if not running:
+        raise SystemExit(
+            f"lambdaloop env-vars: no lambdaloop dev runs for {args.template}; start one first:"
+            " lambdaloop dev --services-only --host ADDRESS (an address containers reach)"
+        )
+    config = StackConfig(
+        template_path=args.template,
+        aws_endpoint=running["aws_endpoint"],
+        redis_url=running["redis_url"],
+        parameters=_parameters(args.parameter_overrides),
+    )
+    with LocalStack(config) as stack:  # attached: it only looks the resources up
+        variables = sam_env_vars(stack, args.host)
+        region = stack.config.pseudo.region
+    text = json.dumps(variables, indent=2, sort_keys=True) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+    hint = _SAM_HINT.format(path=args.output or "FILE", region=region)
+    if not _is_address(args.host):
+        hint += _SAM_HOST_HINT.format(host=args.host)
+    print(hint, file=sys.stderr)
+    return 0
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def sam_env_vars(stack: LocalStack, host: str) -> dict[str, dict[str, str]]:
+    """For every function of the stack's template, the variables the template declares for it
+    (SAM passes no others), with the values the emulator gives them, and the stack's own
+    address in them replaced by ``host`` (the name a container reaches the stack by)."""
+    listening = urlsplit(stack.aws_endpoint).hostname or ""
+    variables: dict[str, dict[str, str]] = {}
+    for spec in stack.template.functions():
+        missing = [name for name in _REQUIRED_SAM_VARIABLES if name not in spec.environment]
+        if missing:
+            raise TemplateError(
+                f"the template declares no {', '.join(missing)} for "
+                f"{spec.logical_id}: sam local would not pass it, and the function would call"
+                ' real AWS (declare it empty: AWS_ENDPOINT_URL: "" in Globals)'
+            )
+        environment = stack.function_environment(spec.logical_id)
+        variables[spec.logical_id] = {
+            name: _rehost(environment[name], listening, host) for name in spec.environment
+        }
+    return variables
+
+
+def _rehost(value: str, listening: str, host: str) -> str:
+    """``value`` with ``host`` for the host name of a URL on the stack's address (the moto
+    endpoint, queue URLs, the Redis URL); anything else as it is."""
+    parts = urlsplit(value)
+    if not parts.scheme or parts.hostname != listening:
+        return value
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    if "@" in parts.netloc:
+        netloc = parts.netloc.rpartition("@")[0] + "@" + netloc
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _read_event(source: str | None) -> Any:
@@ -268,7 +386,18 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     dev = commands.add_parser("dev", help="run the bundle locally")
-    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address moto, Redis and the API listen on (for sam local: one containers"
+        " reach, e.g. docker0's 172.17.0.1 on Linux)",
+    )
+    dev.add_argument(
+        "--services-only",
+        action="store_true",
+        help="moto, Redis and the template's resources only: no API server and no event source"
+        " pollers (the functions run in sam local)",
+    )
     dev.add_argument("--port", type=int, default=3000, help="the HTTP API's port")
     dev.add_argument("--aws-port", type=int, default=5000, help="moto's port (0 = any)")
     dev.add_argument("--redis-port", type=int, default=0, help="Redis's port (0 = any)")
@@ -315,6 +444,25 @@ def _parser() -> argparse.ArgumentParser:
             type=Path,
             help="JSON of variables over the template's, as sam local takes them",
         )
+
+    env_vars = commands.add_parser(
+        "env-vars",
+        help="write sam local's --env-vars JSON for the running lambdaloop dev",
+        description=(
+            "Writes sam local's --env-vars JSON: for every function of the template, each "
+            "variable the template declares for it (SAM passes no others) with the value "
+            "lambdaloop gives it: the local resources' names, AWS_ENDPOINT_URL, the Redis URL, "
+            "on the running `lambdaloop dev` (see --host)."
+        ),
+    )
+    env_vars.add_argument(
+        "--host",
+        default="host.docker.internal",
+        help="the host name containers reach the dev stack by (default host.docker.internal:"
+        " Docker Desktop's, or on Linux with sam's --add-host host.docker.internal:host-gateway)",
+    )
+    env_vars.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
+    for command in (dev, invoke, env_vars):
         command.add_argument(
             "--parameter-overrides",
             nargs="+",
@@ -360,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token(args)
+        if args.command == "env-vars":
+            return _env_vars(args)
         return asyncio.run(_dev(args) if args.command == "dev" else _invoke(args))
     except reported as exc:
         print(f"lambdaloop: error: {exc}", file=sys.stderr)

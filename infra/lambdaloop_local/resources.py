@@ -52,7 +52,6 @@ class Pseudo:
             "AWS::AccountId": ACCOUNT_ID,
             "AWS::Partition": "aws",
             "AWS::URLSuffix": "amazonaws.com",
-            "AWS::NoValue": "",
         }
 
 
@@ -64,7 +63,13 @@ class LocalResources:
     attributes: dict[str, Any] = field(default_factory=dict)
 
     def resolver(self, template: Template, pseudo: Pseudo) -> Resolver:
-        return Resolver(self.refs, self.attributes, template.parameter_defaults(), pseudo.values())
+        return Resolver(
+            self.refs,
+            self.attributes,
+            template.parameter_defaults(),
+            pseudo.values(),
+            conditions=template.body.get("Conditions") or {},
+        )
 
 
 def _physical_name(logical_id: str, pseudo: Pseudo, suffix: str = "") -> str:

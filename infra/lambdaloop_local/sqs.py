@@ -79,7 +79,19 @@ class SqsEventSourceConfig:
         cls, properties: Mapping[str, Any], queue_url: str, queue_arn: str, region: str = ""
     ) -> Self:
         """The mapping described by a template SQS event's Properties (Queue is resolved by
-        the caller into ``queue_url`` and ``queue_arn``); the region defaults to the ARN's."""
+        the caller into ``queue_url`` and ``queue_arn``); the region defaults to the ARN's.
+
+        ProvisionedPollerConfig (Lambda's provisioned mode) is accepted and ignored, and says
+        so: it sets how fast AWS scales its pollers, which has no local meaning; the local
+        pollers stay ScalingConfig's (2 without it, as AWS's smallest MaximumConcurrency).
+        """
+        if pollers := properties.get("ProvisionedPollerConfig"):
+            logger.info(
+                "SQS event source of %s: ProvisionedPollerConfig %s is ignored locally "
+                "(provisioned mode only changes how AWS scales its pollers)",
+                queue_arn,
+                pollers,
+            )
         scaling = properties.get("ScalingConfig") or {}
         response_types = properties.get("FunctionResponseTypes") or []
         return cls(

@@ -278,9 +278,12 @@ class Resolver:
 
     ``refs`` maps a logical id to what ``Ref`` gives (a table name, a queue URL);
     ``attributes`` maps ``"LogicalId.Attribute"`` (e.g. ``"Cache.Endpoint.Address"``) to what
-    ``Fn::GetAtt`` gives; ``parameters`` and ``pseudo`` (``"AWS::Region"``, ...) complete ``Ref``.
-    Supports Ref, Fn::GetAtt, Fn::Sub, Fn::Join, Fn::Select, Fn::Split and Fn::Base64; anything
-    else, and any name without a local value, raises ``TemplateError`` naming it.
+    ``Fn::GetAtt`` gives; ``parameters`` and ``pseudo`` (``"AWS::Region"``, ...) complete ``Ref``;
+    ``conditions`` are the template's Conditions, which ``Fn::If`` evaluates with those
+    parameters. ``Ref AWS::NoValue`` removes the property (or list item) that holds it, as in
+    CloudFormation. Supports Ref, Fn::GetAtt, Fn::Sub, Fn::Join, Fn::Select, Fn::Split,
+    Fn::Base64 and Fn::If (conditions: Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition);
+    anything else, and any name without a local value, raises ``TemplateError`` naming it.
     """
 
     def __init__(
@@ -289,11 +292,13 @@ class Resolver:
         attributes: Mapping[str, Any],
         parameters: Mapping[str, Any],
         pseudo: Mapping[str, Any],
+        conditions: Mapping[str, Any] | None = None,
     ) -> None:
         self._refs = refs
         self._attributes = attributes
         self._parameters = parameters
         self._pseudo = pseudo
+        self._conditions = conditions or {}
         self._functions: dict[str, Callable[[Any], Any]] = {
             "Ref": self._ref,
             "Fn::GetAtt": self._get_att,
@@ -302,10 +307,16 @@ class Resolver:
             "Fn::Select": self._select,
             "Fn::Split": self._split,
             "Fn::Base64": self._base64,
+            "Fn::If": self._if,
         }
 
     def resolve(self, value: Any) -> Any:
-        """Return ``value`` with every intrinsic inside it replaced by its local value."""
+        """Return ``value`` with every intrinsic inside it replaced by its local value (None
+        for a value that is ``AWS::NoValue`` as a whole)."""
+        resolved = self._resolve(value)
+        return None if resolved is _NO_VALUE else resolved
+
+    def _resolve(self, value: Any) -> Any:
         if _is_intrinsic(value):
             name, argument = next(iter(value.items()))
             function = self._functions.get(name)
@@ -313,15 +324,52 @@ class Resolver:
                 raise TemplateError(f"{name} is not supported locally (in {value!r})")
             return function(argument)
         if isinstance(value, dict):
-            return {key: self.resolve(item) for key, item in value.items()}
+            items = ((key, self._resolve(item)) for key, item in value.items())
+            return {key: item for key, item in items if item is not _NO_VALUE}
         if isinstance(value, list):
-            return [self.resolve(item) for item in value]
+            return [item for item in map(self._resolve, value) if item is not _NO_VALUE]
         return value
+
+    def condition(self, name: str) -> bool:
+        """Whether the template's condition ``name`` holds with these parameters."""
+        if name not in self._conditions:
+            raise TemplateError(f"no condition {name!r} in the template's Conditions")
+        return self._holds(self._conditions[name], name)
+
+    def _holds(self, value: Any, name: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        if _is_intrinsic(value):
+            function, argument = next(iter(value.items()))
+            if function == "Condition" and isinstance(argument, str):
+                return self.condition(argument)
+            if function == "Fn::Equals" and isinstance(argument, list) and len(argument) == 2:
+                # CloudFormation compares the values as strings (a Number parameter is one).
+                left, right = (_as_text(self.resolve(item), name) for item in argument)
+                return left == right
+            if function == "Fn::Not" and isinstance(argument, list) and len(argument) == 1:
+                return not self._holds(argument[0], name)
+            if function in {"Fn::And", "Fn::Or"} and isinstance(argument, list):
+                outcomes = (self._holds(item, name) for item in argument)
+                return all(outcomes) if function == "Fn::And" else any(outcomes)
+        raise TemplateError(f"condition {name!r}: cannot evaluate {value!r} locally")
+
+    def _if(self, argument: Any) -> Any:
+        if not (isinstance(argument, list) and len(argument) == 3 and isinstance(argument[0], str)):
+            raise TemplateError(f"Fn::If needs [Condition, if true, if false], got {argument!r}")
+        name, when_true, when_false = argument
+        try:
+            holds = self.condition(name)
+        except TemplateError as exc:
+            raise TemplateError(f"Fn::If: {exc}") from None
+        return self._resolve(when_true if holds else when_false)
 
     def _ref(self, argument: Any) -> Any:
         name = self.resolve(argument)
         if not isinstance(name, str):
             raise TemplateError(f"Ref needs a name, got {argument!r}")
+        if name == "AWS::NoValue":
+            return _NO_VALUE
         for source in (self._pseudo, self._parameters, self._refs):
             if name in source:
                 return source[name]
@@ -395,6 +443,16 @@ class Resolver:
 
     def _base64(self, argument: Any) -> str:
         return base64.b64encode(_as_text(self.resolve(argument), "Fn::Base64").encode()).decode()
+
+
+class _NoValue:
+    """What ``Ref AWS::NoValue`` resolves to: the property or list item that holds it goes."""
+
+    def __repr__(self) -> str:
+        return "AWS::NoValue"
+
+
+_NO_VALUE = _NoValue()
 
 
 def _as_text(value: Any, name: str) -> str:

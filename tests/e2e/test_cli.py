@@ -14,7 +14,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,11 +65,12 @@ def template_copy(folder: Path) -> Path:
 
 
 class DevServer:
-    def __init__(self, port: int, template: Path | None = None) -> None:
+    def __init__(self, port: int, template: Path | None = None, extra: Sequence[str] = ()) -> None:
         self.port = port
         options = ["--template", str(template)] if template else []
+        dev = ["dev", "--port", str(port), "--aws-port", "0", "--concurrency", "1", *extra]
         self.process = subprocess.Popen(
-            [*CLI, *options, "dev", "--port", str(port), "--aws-port", "0", "--concurrency", "1"],
+            [*CLI, *options, *dev],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -322,3 +323,78 @@ def test_invoke_passes_an_events_claims_like_sam_local_invoke(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["statusCode"] in (200, 404)
     assert "JWT authorizer" not in result.stderr
+
+
+def test_services_only_serves_no_api_and_env_vars_points_sam_local_at_it(tmp_path: Path) -> None:
+    # Given `lambdaloop dev --services-only` (beside a template copy: its own state folder)
+    template = template_copy(tmp_path)
+    server = DevServer(free_port(), template, ["--services-only"])
+    try:
+        server.wait_until_ready()
+        # Then it runs moto and Redis, and no API server nor event source pollers
+        banner = "".join(server.banner)
+        assert "services only" in banner
+        assert "  API " not in banner
+        assert "  SQS " not in banner
+        assert "  DynamoDB " not in banner
+        assert _refuses(server.port)
+        state = json.loads((tmp_path / ".lambdaloop" / "dev.json").read_text())
+        assert state["api"] is None
+        # When writing sam local's --env-vars for it
+        out = tmp_path / "env.json"
+        result = subprocess.run(
+            [*CLI, "--template", str(template), "env-vars", "--host", "box", "-o", str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            check=False,
+        )
+        # Then every function's endpoint is the dev's moto, by the name given, and the output
+        # says what else sam local needs
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == ""
+        assert "--region us-east-1" in result.stderr
+        variables = json.loads(out.read_text())
+        endpoint = f"http://box:{urlsplit(state['aws_endpoint']).port}"
+        assert {v["AWS_ENDPOINT_URL"] for v in variables.values()} == {endpoint}
+        assert set(variables) == {
+            "ApiFunction",
+            "NotifyFunction",
+            "JobsFunction",
+            "ComputeFunction",
+            "RelayFunction",
+        }
+        # And the services answer: invoke attaches to them
+        event = EVENTS / "api-health.json"
+        health = subprocess.run(
+            [*CLI, "--template", str(template), "invoke", "ApiFunction", "-e", str(event)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            check=False,
+        )
+        assert health.returncode == 0, health.stderr
+        assert "using the running lambdaloop dev" in health.stderr
+        assert json.loads(health.stdout)["statusCode"] == 200
+    finally:
+        server.stop()
+    assert not (tmp_path / ".lambdaloop" / "dev.json").exists()
+
+
+def test_env_vars_without_a_running_dev_says_how_to_start_one(tmp_path: Path) -> None:
+    template = template_copy(tmp_path)
+
+    result = subprocess.run(
+        [*CLI, "--template", str(template), "env-vars"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "lambdaloop dev --services-only --host" in result.stderr
+    assert result.stdout == ""

@@ -67,6 +67,24 @@ def test_event_is_an_http_api_v2_event(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", EVENT_FILES, ids=lambda path: path.name)
+def test_an_event_with_a_body_says_it_is_json(path: Path) -> None:
+    # FastAPI reads a body as JSON only with this header: without it, a POST is refused
+    # (422), which is what `sam local generate-event apigateway http-api-proxy` gives.
+    event = _load(path)
+    method = event["requestContext"]["http"]["method"]
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    if method in {"POST", "PUT", "PATCH"} or event.get("body") is not None:
+        assert event.get("body") is not None, f"{method} without a body"
+        assert headers.get("content-type") == "application/json"
+        json.loads(event["body"])
+
+
+def test_the_events_write_with_every_method_that_takes_a_body() -> None:
+    methods = {_load(path)["requestContext"]["http"]["method"] for path in EVENT_FILES}
+    assert methods >= {"POST", "PUT", "PATCH"}
+
+
+@pytest.mark.parametrize("path", EVENT_FILES, ids=lambda path: path.name)
 def test_event_route_is_a_route_of_the_template(path: Path) -> None:
     event = _load(path)
     assert event["routeKey"] in _routes() | {"$default"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -319,6 +320,24 @@ def test_a_template_event_gives_the_mapping() -> None:
     defaults = SqsEventSourceConfig.from_event({}, "http://queue", arn)
     assert (defaults.batch_size, defaults.window_s, defaults.max_concurrency) == (10, 0.0, 2)
     assert not defaults.report_batch_item_failures
+
+
+def test_provisioned_pollers_are_accepted_and_ignored_saying_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an event in Lambda's provisioned mode (which replaces ScalingConfig)
+    arn = "arn:aws:sqs:eu-west-1:123456789012:notify"
+    pollers = {"MinimumPollers": 3, "MaximumPollers": 8}
+    caplog.set_level(logging.INFO, logger="lambdaloop_local.sqs")
+    # When the emulator reads it
+    config = SqsEventSourceConfig.from_event(
+        {"BatchSize": 4, "ProvisionedPollerConfig": pollers}, "http://queue", arn
+    )
+    # Then it polls as without it, and says that it ignored it
+    assert config == SqsEventSourceConfig.from_event({"BatchSize": 4}, "http://queue", arn)
+    [record] = [r for r in caplog.records if "ProvisionedPollerConfig" in r.getMessage()]
+    assert arn in record.getMessage()
+    assert "ignored" in record.getMessage()
 
 
 # ------------------------------------------------------------ response rules
