@@ -34,7 +34,7 @@ def local_stack(session_stack: LocalStack) -> LocalStack:
 
 @pytest.fixture
 def layer_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """``caplog`` that hears the layer's loggers even once the Powertools Logger is set up
+    """``caplog`` that hears the layer's loggers even once the function's logger is set up
     (any test that ran a request did that): it stops them propagating to the root logger."""
     layer = logging.getLogger("lambdaloop")
     layer.addHandler(caplog.handler)

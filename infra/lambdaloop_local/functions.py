@@ -5,6 +5,10 @@ execution environment: its own module state, environment variables and event loo
 invocation at a time, reused while warm. An invocation that runs past the function's Timeout
 gets Lambda's answer ("Task timed out") and its environment is killed; the next invocation
 starts a fresh one (a cold start), exactly as in AWS.
+
+A function run with ``snapstart`` stands in for Lambda SnapStart: one worker runs the init
+once (the snapshot), and every environment is a restore from it, a fork of that worker that
+runs the after-restore hooks before it serves invocations (see :mod:`lambdaloop_local.worker`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdaloop_local.template import FunctionSpec
+from lambdaloop_local.worker import RESTORE_REQUEST
 
 __all__ = ["FunctionPool", "InvocationError", "InvocationResult", "LocalFunction"]
 
@@ -49,6 +55,9 @@ class InvocationResult:
     result: Any
     duration_ms: float
     init_ms: float | None  # set on a cold start
+    #: Set on the first invocation of an environment restored from a snapshot (SnapStart):
+    #: the fork and the after-restore hooks.
+    restore_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,48 +68,73 @@ class LocalFunction:
     environment: Mapping[str, str]
     #: Folders put on PYTHONPATH after the CodeUri (the layers' content).
     layer_paths: tuple[Path, ...]
+    #: Stand in for SnapStart: init once, restore every environment from that.
+    snapstart: bool = False
+
+    def process_environment(self) -> dict[str, str]:
+        """The environment variables of the function's worker processes."""
+        python_path = os.pathsep.join(str(p) for p in (self.spec.code_uri, *self.layer_paths))
+        env = {**_base_environment(), **self.environment, "PYTHONPATH": python_path}
+        if self.snapstart:
+            env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "snap-start"  # as Lambda sets it
+        return env
 
 
-class _Environment:
+async def _spawn_worker(
+    function: LocalFunction, fd: int, *extra: str
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lambdaloop_local.worker",
+        "--fd",
+        str(fd),
+        "--handler",
+        function.spec.handler,
+        *extra,
+        env=function.process_environment(),
+        pass_fds=(fd,),
+        stdin=asyncio.subprocess.DEVNULL,
+        cwd=function.spec.code_uri,
+    )
+
+
+class _Snapshot:
+    """The SnapStart stand-in's snapshot: a worker that ran the function's init once and
+    forks a restored environment from it on request (it serves no invocation itself)."""
+
     def __init__(self, function: LocalFunction) -> None:
         self.function = function
         self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._control: socket.socket | None = None
+        self._lock = asyncio.Lock()  # one restore at a time on the control socket
         self.init_ms: float | None = None
 
     @property
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.alive and self._process is not None else None
+
     async def start(self) -> None:
         spec = self.function.spec
-        parent, child = socket.socketpair()
-        python_path = os.pathsep.join(str(p) for p in (spec.code_uri, *self.function.layer_paths))
-        env = {**_base_environment(), **self.function.environment, "PYTHONPATH": python_path}
+        control, child = socket.socketpair()
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "lambdaloop_local.worker",
-                "--fd",
-                str(child.fileno()),
-                "--handler",
-                spec.handler,
-                env=env,
-                pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                cwd=spec.code_uri,
-            )
+            self._process = await _spawn_worker(self.function, child.fileno(), "--snapshot")
         except BaseException:
-            parent.close()
+            control.close()
             raise
         finally:
             child.close()
-        self._reader, self._writer = await asyncio.open_connection(sock=parent, limit=_LINE_LIMIT)
+        # The control socket is used from threads, blocking: it carries descriptors, which
+        # asyncio's streams cannot.
+        control.settimeout(_INIT_TIMEOUT_S)
+        self._control = control
         try:
-            ready = await asyncio.wait_for(self._read(), _INIT_TIMEOUT_S)
-        except (TimeoutError, InvocationError):
+            ready = await asyncio.to_thread(self._read_line)
+        except (OSError, InvocationError):
             await self.stop()
             raise
         self.init_ms = ready.get("init_ms")
@@ -108,12 +142,113 @@ class _Environment:
             logger.error(
                 "%s failed to initialise: %s", spec.logical_id, ready["error"].get("errorMessage")
             )
+        logger.info("%s: snapshot of its init (%.0f ms) taken", spec.logical_id, self.init_ms or 0)
+
+    def _read_line(self) -> dict[str, Any]:
+        assert self._control is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = self._control.recv(4096)
+            if not chunk:
+                raise InvocationError(
+                    {
+                        "errorType": "Runtime.ExitError",
+                        "errorMessage": "the snapshot's runtime exited without answering",
+                    }
+                )
+            line += chunk
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def _restore(self, environment_end: socket.socket) -> int:
+        assert self._control is not None
+        socket.send_fds(self._control, [RESTORE_REQUEST], [environment_end.fileno()])
+        pid: int = self._read_line()["restored"]
+        return pid
+
+    async def restore(self) -> tuple[socket.socket, int]:
+        """A new environment restored from the snapshot: the socket to it, and its pid."""
+        async with self._lock:
+            ours, theirs = socket.socketpair()
+            try:
+                pid = await asyncio.to_thread(self._restore, theirs)
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+        return ours, pid
+
+    async def stop(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+        if process is not None:
+            await process.wait()
+
+
+class _Environment:
+    """One execution environment: its own worker process, or (SnapStart) a restore from the
+    function's snapshot."""
+
+    def __init__(self, function: LocalFunction, snapshot: _Snapshot | None = None) -> None:
+        self.function = function
+        self._snapshot = snapshot
+        self._process: asyncio.subprocess.Process | None = None
+        self._restored_pid: int | None = None  # a child of the snapshot, not of this process
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.init_ms: float | None = None
+        self.restore_ms: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        if self._process is not None:
+            return self._process.returncode is None
+        return self._restored_pid is not None and _pid_alive(self._restored_pid)
+
+    @property
+    def pid(self) -> int | None:
+        if self._process is not None:
+            return self._process.pid
+        return self._restored_pid
+
+    async def start(self) -> None:
+        if self._snapshot is not None:
+            parent, self._restored_pid = await self._snapshot.restore()
+        else:
+            parent, child = socket.socketpair()
+            try:
+                self._process = await _spawn_worker(self.function, child.fileno())
+            except BaseException:
+                parent.close()
+                raise
+            finally:
+                child.close()
+        self._reader, self._writer = await asyncio.open_connection(sock=parent, limit=_LINE_LIMIT)
+        try:
+            ready = await asyncio.wait_for(self._read(), _INIT_TIMEOUT_S)
+        except (TimeoutError, InvocationError):
+            await self.stop()
+            raise
+        self.init_ms = ready.get("init_ms")
+        self.restore_ms = ready.get("restore_ms")
+        if ready.get("error"):
+            logger.error(
+                "%s failed to %s: %s",
+                self.function.spec.logical_id,
+                "restore" if self._snapshot is not None else "initialise",
+                ready["error"].get("errorMessage"),
+            )
 
     async def _read(self) -> dict[str, Any]:
         assert self._reader is not None
         line = await self._reader.readline()
         if not line:
-            code = self._process.returncode if self._process else None
+            code = self._process.returncode if self._process else None  # None: restored
             raise InvocationError(
                 {
                     "errorType": "Runtime.ExitError",
@@ -164,6 +299,20 @@ class _Environment:
             process.kill()
         if process is not None:
             await process.wait()
+        restored, self._restored_pid = self._restored_pid, None
+        if restored is not None and _pid_alive(restored):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(restored, signal.SIGKILL)  # its parent, the snapshot, reaps it
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a pid reused by someone else's process: not ours any more
+        return False
+    return True
 
 
 def _base_environment() -> dict[str, str]:
@@ -183,17 +332,38 @@ class FunctionPool:
         self._idle: list[_Environment] = []
         self._all: set[_Environment] = set()
         self._slots = asyncio.Semaphore(max_environments)
+        self._snapshot: _Snapshot | None = None
+        self._snapshot_lock = asyncio.Lock()
 
     @property
     def logical_id(self) -> str:
         return self.function.spec.logical_id
+
+    @property
+    def snapshot_pid(self) -> int | None:
+        """The process of the function's snapshot (SnapStart), while there is one."""
+        return self._snapshot.pid if self._snapshot is not None else None
+
+    @property
+    def environment_pids(self) -> tuple[int, ...]:
+        """The processes of the function's live environments."""
+        return tuple(e.pid for e in self._all if e.alive and e.pid is not None)
+
+    async def _snapshot_taken(self) -> _Snapshot:
+        async with self._snapshot_lock:
+            if self._snapshot is None or not self._snapshot.alive:
+                snapshot = _Snapshot(self.function)
+                await snapshot.start()
+                self._snapshot = snapshot
+            return self._snapshot
 
     @contextlib.asynccontextmanager
     async def _environment(self) -> AsyncIterator[_Environment]:
         async with self._slots:
             environment = self._idle.pop() if self._idle else None
             if environment is None or not environment.alive:
-                environment = _Environment(self.function)
+                snapshot = await self._snapshot_taken() if self.function.snapstart else None
+                environment = _Environment(self.function, snapshot)
                 self._all.add(environment)
                 await environment.start()
             try:
@@ -212,20 +382,24 @@ class FunctionPool:
     async def invoke(self, event: Any, request_id: str | None = None) -> InvocationResult:
         request_id = request_id or str(uuid.uuid4())
         async with self._environment() as environment:
-            cold = environment.init_ms
-            environment.init_ms = None
+            cold, restore = environment.init_ms, environment.restore_ms
+            environment.init_ms = environment.restore_ms = None
             started = time.perf_counter()
             result = await environment.invoke(event, request_id)
             duration = round((time.perf_counter() - started) * 1000, 1)
         logger.info(
-            "%s %s: %.1f ms%s",
+            "%s %s: %.1f ms%s%s",
             self.logical_id,
             request_id,
             duration,
             f" (init {cold:.0f} ms)" if cold is not None else "",
+            f" (restore {restore:.0f} ms)" if restore is not None else "",
         )
-        return InvocationResult(result, duration, cold)
+        return InvocationResult(result, duration, cold, restore)
 
     async def aclose(self) -> None:
         environments, self._all, self._idle = list(self._all), set(), []
         await asyncio.gather(*(e.stop() for e in environments))
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is not None:
+            await snapshot.stop()

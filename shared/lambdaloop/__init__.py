@@ -8,7 +8,9 @@ Importing the package is cheap and opens nothing; import the module you need:
 - :mod:`lambdaloop.settings`: typed settings from the environment, read once
 - :mod:`lambdaloop.clients`: lazily built boto3, Redis and aiohttp clients
 - :mod:`lambdaloop.health`: dependency probes with short timeouts
-- :mod:`lambdaloop.observability`: Powertools logger and metrics; tracer when enabled
+- :mod:`lambdaloop.observability`: JSON log lines (Powertools' shape) and Powertools metrics;
+  tracer when enabled
+- :mod:`lambdaloop.snapstart`: what an environment restored by SnapStart must not reuse
 - :mod:`lambdaloop.errors`: the exception hierarchy
 """
 

@@ -48,10 +48,12 @@ class AwsAdapter:
         return None
 
     def _invoke(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        # Runs in the pool: the first call builds (and imports) boto3 off the event loop.
-        if self._client is None:
-            self._client = aws_client(self.service)
-        response: dict[str, Any] = getattr(self._client, operation)(**params)
+        # Runs in the pool: the first call builds (and imports) boto3 off the event loop. The
+        # environment's client is looked up on every call, not kept: after a SnapStart restore
+        # the layer replaces it (lambdaloop.snapstart), and an adapter built before the
+        # snapshot must not go on with the old one.
+        client = self._client if self._client is not None else aws_client(self.service)
+        response: dict[str, Any] = getattr(client, operation)(**params)
         return response
 
     async def _call(self, operation: str, **params: Any) -> dict[str, Any]:

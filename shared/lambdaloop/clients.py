@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 _aws_lock = threading.Lock()
 _aws_clients: dict[str, Any] = {}  # cache: service name -> boto3 client
@@ -158,23 +161,33 @@ def _build_http() -> aiohttp.ClientSession:
 
 
 async def aclose_clients() -> None:
-    """Close the loop-bound clients and forget every client built so far.
+    """Close the clients built so far (their connections with them) and forget them: the
+    next call builds new ones.
 
-    For tests that change the environment between cases; Lambda never calls this (an
-    environment is frozen and discarded, not shut down).
+    For tests that change the environment between cases, and after a SnapStart restore
+    (:mod:`lambdaloop.snapstart`), where every connection from before the snapshot is stale
+    and, copied into each restored environment, shared. Loop-bound clients of another loop
+    are left alone (they are rebuilt when this loop asks for them).
     """
-    loop = asyncio.get_running_loop()
-    for kind, (owner, client) in list(_loop_clients.items()):
-        if owner is not loop:
-            continue
-        del _loop_clients[kind]
-        if kind == "redis":
-            await client.aclose()
-        else:
-            await client.close()
+    # Everything is forgotten before anything is awaited: cancelled half-way (a restore's
+    # time limit), nothing old is left to be reused.
     with _aws_lock:
+        aws_clients = list(_aws_clients.values())
         _aws_clients.clear()
     _session.cache_clear()
     if _blocking_pool.cache_info().currsize:
+        # Never wait for its threads: the emulator's stand-in for a restore (a forked copy
+        # of the environment) has none.
         _blocking_pool().shutdown(wait=False)
         _blocking_pool.cache_clear()
+    loop = asyncio.get_running_loop()
+    ours = [(kind, client) for kind, (owner, client) in _loop_clients.items() if owner is loop]
+    for kind, _ in ours:
+        del _loop_clients[kind]
+    for client in aws_clients:
+        client.close()  # botocore closes its connection pool (no request made)
+    for kind, client in ours:
+        try:
+            await (client.aclose() if kind == "redis" else client.close())
+        except Exception:
+            logger.warning("could not close the %s client", kind, exc_info=True)

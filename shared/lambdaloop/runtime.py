@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from lambdaloop import snapstart
 from lambdaloop.errors import DeadlineExceeded
 from lambdaloop.observability import flush_metrics
 from lambdaloop.settings import get_runtime_settings
@@ -47,9 +48,11 @@ __all__ = [
     "call_deadline",
     "current_deadline",
     "current_invocation",
+    "discard_loop",
     "get_loop",
     "invocation",
     "lambda_handler",
+    "pause_gc_for_init",
     "spawn",
 ]
 
@@ -219,6 +222,7 @@ class Invocation:
 _current: contextvars.ContextVar[Invocation] = contextvars.ContextVar("lambdaloop_invocation")
 _loop: asyncio.AbstractEventLoop | None = None
 _init_frozen = False
+_gc_paused = False
 
 
 def _task_factory(
@@ -234,6 +238,22 @@ def _task_factory(
     return task
 
 
+def pause_gc_for_init() -> None:
+    """Keep the garbage collector off for the rest of init; the first invocation turns it
+    back on, once it has frozen what init built (see :func:`invocation`).
+
+    Init builds what lives as long as the environment (modules, classes, settings, the
+    app), and makes enough objects to trigger a collection every few hundred: each one
+    traverses what init built so far and frees next to nothing (the API's init leaves ~700
+    objects of cyclic garbage in all). Called first thing by a handler module, it spares
+    about 4 % of the API's init. Nothing to do if the collector is off already.
+    """
+    global _gc_paused  # noqa: PLW0603 - once per execution environment
+    if not _init_frozen and gc.isenabled():
+        gc.disable()
+        _gc_paused = True
+
+
 def get_loop() -> asyncio.AbstractEventLoop:
     """The execution environment's event loop: created once, then reused by every invocation.
 
@@ -246,6 +266,18 @@ def get_loop() -> asyncio.AbstractEventLoop:
         _loop.set_task_factory(_task_factory)
     asyncio.set_event_loop(_loop)
     return _loop
+
+
+def discard_loop() -> asyncio.AbstractEventLoop | None:
+    """Forget the environment's loop (the next :func:`get_loop` makes a new one) and return
+    it, not closed: the caller may still run it, to close what is bound to it, and closes it.
+
+    For a SnapStart restore (:mod:`lambdaloop.snapstart`): the loop's selector and
+    self-pipe were made before the snapshot.
+    """
+    global _loop
+    old, _loop = _loop, None
+    return old
 
 
 def current_invocation() -> Invocation:
@@ -319,10 +351,13 @@ def invocation(context: object) -> Iterator[Invocation]:
     the collector's sight (``gc.freeze``) instead of being traversed by every full
     collection (a 10,000-record batch ran about 20 % faster with it).
     """
-    global _init_frozen  # noqa: PLW0603 - once per execution environment
+    global _init_frozen, _gc_paused  # noqa: PLW0603 - once per execution environment
     if not _init_frozen:
         gc.freeze()
         _init_frozen = True
+        if _gc_paused:
+            gc.enable()
+            _gc_paused = False
     loop = get_loop()
     margin = get_runtime_settings().deadline_margin_s
     request_id = str(getattr(context, "aws_request_id", "") or "local")
@@ -354,3 +389,8 @@ def lambda_handler(
             return get_loop().run_until_complete(current.run(fn(event, context)))
 
     return handler
+
+
+# With SnapStart, a restored environment must not reuse the loop or the connections of the
+# one that was snapshotted: every handler of the layer imports this module at init.
+snapstart.install()

@@ -269,3 +269,34 @@ def test_the_openapi_document_lists_every_route() -> None:
     }
     assert set(paths["/users/{user_id}"]) == {"get", "put", "patch", "delete"}
     assert set(paths["/users/batch"]) == {"get", "post"}
+
+
+def test_the_fetch_concurrency_limit_is_the_fetchers() -> None:
+    # The API keeps its own copy (the cold start does not import the fetcher for it).
+    from api.jobs.models import MAX_CONCURRENCY
+    from lambdaloop import fetch
+
+    assert MAX_CONCURRENCY == fetch.MAX_CONCURRENCY
+
+
+def test_fastapi_still_refuses_pydantic_v1_models_once_they_exist() -> None:
+    # The app skips FastAPI's pydantic.v1 probe only while pydantic.v1 is not imported: a
+    # v1 model, which needs it imported, is still refused.
+    import warnings
+
+    from fastapi import APIRouter
+    from fastapi.exceptions import PydanticV1NotSupportedError
+
+    create_app(SETTINGS)  # installs the guard on FastAPI's check
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pydantic import v1
+
+    class Legacy(v1.BaseModel):
+        name: str
+
+    async def legacy() -> None:
+        return None
+
+    with pytest.raises(PydanticV1NotSupportedError):
+        APIRouter().add_api_route("/legacy", legacy, response_model=Legacy)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -16,8 +19,9 @@ from api.notifications import routes as notifications_routes
 from api.problems import install_problem_handlers
 from api.settings import ApiSettings, get_api_settings
 from api.users import routes as users_routes
-from lambdaloop.idempotency import IdempotencyGuard
-from lambdaloop.store import Table
+
+if TYPE_CHECKING:
+    from lambdaloop.idempotency import IdempotencyGuard
 
 __all__ = ["create_app"]
 
@@ -25,6 +29,7 @@ __all__ = ["create_app"]
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The app; ``settings`` default to the environment's (tests pass their own)."""
     settings = settings or get_api_settings()
+    _check_for_pydantic_v1_only_once_loaded()
     app = FastAPI(
         title="lambdaloop",
         version=lambdaloop.__version__,
@@ -38,15 +43,54 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for route in app.router.routes:  # every POST takes an Idempotency-Key (the middleware's)
         if isinstance(route, APIRoute) and "POST" in (route.methods or ()):
             route.openapi_extra = {"parameters": [OPENAPI_PARAMETER]}
-    # Added last = outermost: the request context wraps everything, the body limit included,
-    # and the body limit comes before an idempotent POST is claimed.
-    guard = functools.cache(
-        lambda: IdempotencyGuard(
+
+    @functools.cache
+    def guard() -> IdempotencyGuard:
+        # Built (and the store imported) by the first POST with an Idempotency-Key.
+        from lambdaloop.idempotency import IdempotencyGuard
+        from lambdaloop.store import Table
+
+        return IdempotencyGuard(
             Table(settings.idempotency_table, key_schema=("id",)),
             expires_after_s=settings.idempotency_expires_s,
         )
-    )
+
+    # Added last = outermost: the request context wraps everything, the body limit included,
+    # and the body limit comes before an idempotent POST is claimed.
     app.add_middleware(IdempotencyMiddleware, guard=guard)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, budget_share=settings.request_budget_share)
     return app
+
+
+def _check_for_pydantic_v1_only_once_loaded() -> None:
+    """Spare the cold start FastAPI's pydantic.v1 probe (~20 ms: pydantic.v1 brings pickle,
+    its own dataclasses and validators).
+
+    FastAPI refuses pydantic.v1 models, and finds them by importing pydantic.v1 at the first
+    typed field of the first route and comparing classes. A pydantic.v1 model cannot exist
+    before pydantic.v1 is imported, so while nothing has imported it the answer is "no"
+    without looking; once something has, FastAPI's own check runs as before. The checks are
+    FastAPI internals: if a release renames them this does nothing, and the cold-start test
+    that asserts pydantic.v1 stays unimported says so.
+    """
+    from fastapi import encoders
+    from fastapi._compat import shared
+
+    for module, name in (
+        (shared, "is_pydantic_v1_model_class"),  # annotation_is_pydantic_v1 calls it by name
+        (shared, "is_pydantic_v1_model_instance"),
+        (encoders, "is_pydantic_v1_model_instance"),  # imported by name into encoders
+    ):
+        check = getattr(module, name, None)
+        if check is not None and not getattr(check, "_lambdaloop_guarded", False):
+            setattr(module, name, _once_pydantic_v1_is_loaded(check))
+
+
+def _once_pydantic_v1_is_loaded(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    @functools.wraps(check)
+    def guarded(value: Any) -> bool:
+        return "pydantic.v1" in sys.modules and check(value)
+
+    guarded._lambdaloop_guarded = True  # type: ignore[attr-defined]
+    return guarded

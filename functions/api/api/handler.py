@@ -6,11 +6,16 @@ here, naming the variable) and builds the app; no client is created until a requ
 
 from __future__ import annotations
 
-from api.app import create_app
-from api.settings import get_api_settings
-from lambdaloop.asgi import asgi_handler
-from lambdaloop.observability import get_logger, route_logs
-from lambdaloop.settings import get_runtime_settings
+from lambdaloop.runtime import pause_gc_for_init
+
+# First: the imports below are most of init, and what they build is never garbage.
+pause_gc_for_init()
+
+from api.app import create_app  # noqa: E402
+from api.settings import get_api_settings  # noqa: E402
+from lambdaloop.asgi import asgi_handler  # noqa: E402
+from lambdaloop.observability import get_logger, route_logs  # noqa: E402
+from lambdaloop.settings import get_runtime_settings  # noqa: E402
 
 __all__ = ["handler"]
 

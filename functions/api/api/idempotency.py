@@ -29,15 +29,18 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem
 from lambdaloop.errors import DependencyError, IdempotencyInProgress, IdempotencyKeyReused
-from lambdaloop.idempotency import IdempotencyGuard, Result, payload_hash
 from lambdaloop.runtime import current_deadline
 from lambdaloop.tenancy import claims_tenant, scoped
+
+if TYPE_CHECKING:
+    # The guard's module is imported with the guard, by the first POST with a key.
+    from lambdaloop.idempotency import IdempotencyGuard, Result
 
 __all__ = [
     "HEADER",
@@ -86,6 +89,8 @@ def record_key(tenant: str, key: str) -> str:
 
 def request_digest(method: str, path: str, query: str, body: bytes) -> str:
     """What makes two requests "the same" for a key: method, path, query and body."""
+    from lambdaloop.idempotency import payload_hash
+
     body_hash = hashlib.sha256(body).hexdigest()
     return payload_hash({"method": method, "path": path, "query": query, "body": body_hash})
 

@@ -1,20 +1,26 @@
-"""The Jobs service of this execution environment, built on first use."""
+"""The Jobs service of this execution environment, built on first use (and imported then,
+as the Users service is)."""
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-from api.jobs.service import JobsService
 from api.settings import get_api_settings
-from lambdaloop.blobs import Bucket
-from lambdaloop.jobs import JobStore
-from lambdaloop.store import Table
+
+if TYPE_CHECKING:
+    from api.jobs.service import JobsService
 
 __all__ = ["get_jobs_service", "jobs_service_cache_clear"]
 
 
 @functools.cache
 def get_jobs_service() -> JobsService:
+    from api.jobs.service import JobsService
+    from lambdaloop.blobs import Bucket
+    from lambdaloop.jobs import JobStore
+    from lambdaloop.store import Table
+
     settings = get_api_settings()
     return JobsService(
         JobStore(

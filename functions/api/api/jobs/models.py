@@ -11,13 +11,12 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from lambdaloop.fetch import MAX_CONCURRENCY
 from lambdaloop.settings import get_runtime_settings
-from lambdaloop.ssrf import Policy
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_PAGE",
+    "MAX_CONCURRENCY",
     "MAX_PAGE",
     "MAX_URL",
     "MAX_URLS",
@@ -33,6 +32,10 @@ __all__ = [
 MAX_URLS = 1000
 MAX_URL = 2048
 DEFAULT_CONCURRENCY = 10
+#: The fetcher's limit (``lambdaloop.fetch.MAX_CONCURRENCY``), copied: importing the fetcher
+#: (and its SSRF and webhook modules) for one number cost the cold start ~5 ms. A unit test
+#: keeps the two equal.
+MAX_CONCURRENCY = 200
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
 
@@ -44,7 +47,10 @@ def _fetch_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an absolute http(s) URL")
     # The jobs function's connector checks the address it connects to; refusing a URL that
-    # can never be fetched here tells the client at once.
+    # can never be fetched here tells the client at once. (Imported here: only requests
+    # that carry URLs need it.)
+    from lambdaloop.ssrf import Policy
+
     if problem := Policy.for_user_urls(get_runtime_settings().local_mode).url_problem(value):
         raise ValueError(f"cannot be fetched: {problem}")
     return value

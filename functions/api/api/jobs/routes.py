@@ -1,9 +1,13 @@
-"""The Jobs routes (added to the app's router, as the Users routes are)."""
+"""The Jobs routes (added to the app's router, as the Users routes are).
+
+The jobs layer (records, compute kinds) is imported by the first request that creates a job,
+as the service is (:mod:`api.jobs.dependencies`), not at cold start.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
@@ -13,8 +17,9 @@ from api.identity import JobsRead, JobsWrite
 from api.jobs.dependencies import get_jobs_service
 from api.jobs.models import DEFAULT_PAGE, MAX_PAGE, ComputeRequest, FetchRequest, Job, Queued
 from api.middleware import correlation_id_var
-from lambdaloop.compute.kinds import ParamsError
-from lambdaloop.jobs import JobRef
+
+if TYPE_CHECKING:
+    from lambdaloop.jobs import JobRef
 
 __all__ = ["install"]
 
@@ -24,6 +29,8 @@ JobId = Annotated[str, Path(min_length=1, max_length=64)]
 async def create_fetch_job(
     tenant: JobsWrite, body: FetchRequest, response: Response
 ) -> dict[str, Any]:
+    from lambdaloop.jobs import JobRef
+
     job = JobRef(tenant, new_record_id())
     await get_jobs_service().fetch(
         job, body.urls, body.concurrency, body.store_bodies, correlation_id_var.get()
@@ -34,6 +41,9 @@ async def create_fetch_job(
 async def create_compute_job(
     tenant: JobsWrite, body: ComputeRequest, response: Response
 ) -> dict[str, Any]:
+    from lambdaloop.compute.kinds import ParamsError
+    from lambdaloop.jobs import JobRef
+
     job = JobRef(tenant, new_record_id())
     try:
         await get_jobs_service().compute(

@@ -1,14 +1,16 @@
-"""The Notifications service of this execution environment, built on first use."""
+"""The Notifications service of this execution environment, built on first use (and
+imported then, as the Users service is)."""
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-from api.notifications.repository import NotificationsRepository
-from api.notifications.service import NotificationsService
 from api.settings import get_api_settings
 from api.users.dependencies import get_users_service
-from lambdaloop.store import Table
+
+if TYPE_CHECKING:
+    from api.notifications.service import NotificationsService
 
 __all__ = [
     "get_notifications_service",
@@ -18,6 +20,10 @@ __all__ = [
 
 @functools.cache
 def get_notifications_service() -> NotificationsService:
+    from api.notifications.repository import NotificationsRepository
+    from api.notifications.service import NotificationsService
+    from lambdaloop.store import Table
+
     settings = get_api_settings()
     return NotificationsService(
         NotificationsRepository(Table(settings.notifications_table, key_schema=("pk",))),

@@ -1,21 +1,30 @@
-"""The Users service of this execution environment, built on first use."""
+"""The Users service of this execution environment, built on first use.
+
+The service and what it stands on (repository, store, cache) are imported by the first
+request that needs them, not at cold start: a request to another route never does.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from api.settings import get_api_settings
-from api.users.repository import UsersRepository
-from api.users.service import UsersService
-from lambdaloop.breaker import CircuitBreaker
-from lambdaloop.cache import Cache
-from lambdaloop.store import Table
+
+if TYPE_CHECKING:
+    from api.users.service import UsersService
 
 __all__ = ["get_users_service", "users_service_cache_clear"]
 
 
 @functools.cache
 def get_users_service() -> UsersService:
+    from api.users.repository import UsersRepository
+    from api.users.service import UsersService
+    from lambdaloop.breaker import CircuitBreaker
+    from lambdaloop.cache import Cache
+    from lambdaloop.store import Table
+
     settings = get_api_settings()
     cache = Cache(
         "users",

@@ -17,7 +17,6 @@ from pydantic import (
 )
 
 from lambdaloop.settings import get_runtime_settings
-from lambdaloop.ssrf import Policy
 
 __all__ = [
     "MAX_BATCH",
@@ -60,7 +59,10 @@ def _webhook_url(value: str) -> str:
     if parts.scheme == "http" and not (_is_loopback(parts.hostname) and _local_mode()):
         raise ValueError("must use https (http is allowed only for loopback in local mode)")
     # The notify function's connector checks the address it connects to; refusing an IP
-    # literal that can never be reached here tells the user at once.
+    # literal that can never be reached here tells the user at once. (Imported here: only
+    # requests that carry a webhook need it.)
+    from lambdaloop.ssrf import Policy
+
     if problem := Policy.for_user_urls(_local_mode()).url_problem(value):
         raise ValueError(f"cannot be used for webhooks: {problem}")
     return value
