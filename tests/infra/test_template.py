@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,6 +85,10 @@ POWERTOOLS_ENVIRONMENT = {
     "POWERTOOLS_LOG_LEVEL",
     "LAMBDALOOP_STAGE",
 }
+#: Lambda's bounds on an SQS event source's provisioned pollers: at least 2, and a minimum of at
+#: most 200.
+SQS_MINIMUM_POLLERS = 2
+SQS_MAXIMUM_MINIMUM_POLLERS = 200
 # The notify consumer (functions/notify) runs with a 30 s timeout.
 NOTIFY_CONSUMER_TIMEOUT = 30
 # AWS: a queue feeding Lambda needs a visibility timeout of at least 6x the function's timeout.
@@ -1133,7 +1140,6 @@ def test_consumers_reserve_at_least_what_their_event_source_may_run(template: Te
     # The event source does not see the reservation: it would take batches the function cannot
     # run, and their receives count towards the dead-letter queue.
     defaults = _parameter_values(template)
-    resolver = _placeholder_resolver(template)
     consumers = list(_sqs_consumers(template))
     assert {function.logical_id for function, _ in consumers} == {
         "NotifyFunction",
@@ -1142,13 +1148,123 @@ def test_consumers_reserve_at_least_what_their_event_source_may_run(template: Te
     }
     for function, _queue in consumers:
         (event,) = [e for e in function.events.values() if e.get("Type") == "SQS"]
-        maximum = int(resolver.resolve(event["Properties"]["ScalingConfig"]["MaximumConcurrency"]))
+        scaling = _deployed_scaling(template, event["Properties"])["ScalingConfig"]
+        maximum = int(scaling["MaximumConcurrency"])
         reserved = _deployed(template, function.properties["ReservedConcurrentExecutions"])
         assert int(reserved) >= maximum, function.logical_id
         assert (
             int(defaults[function.logical_id.removesuffix("Function") + "ReservedConcurrency"])
             >= maximum
         )
+
+
+def _deployed_scaling(
+    template: Template, properties: dict[str, Any], **parameters: str
+) -> dict[str, Any]:
+    """An SQS event's scaling settings (ScalingConfig, ProvisionedPollerConfig) as deployed."""
+    scaling = ("ScalingConfig", "ProvisionedPollerConfig")
+    chosen = {name: properties[name] for name in scaling if name in properties}
+    return dict(_deployed(template, chosen, **parameters))
+
+
+def test_sqs_event_sources_take_provisioned_pollers_only_when_asked(
+    template: Template,
+) -> None:
+    # Given the provisioned-mode parameters: off by default, within Lambda's SQS ranges
+    parameters = template.body["Parameters"]
+    minimum = parameters["ProvisionedPollersMinimum"]
+    maximum = parameters["ProvisionedPollersMaximum"]
+    assert (minimum["Type"], int(minimum["Default"]), minimum["MinValue"]) == ("Number", 0, 0)
+    assert minimum["MaxValue"] <= SQS_MAXIMUM_MINIMUM_POLLERS
+    assert maximum["Type"] == "Number"
+    assert maximum["MinValue"] >= SQS_MINIMUM_POLLERS
+    assert int(maximum["Default"]) >= SQS_MINIMUM_POLLERS
+    events = [
+        (function.logical_id, event["Properties"])
+        for function, _queue in _sqs_consumers(template)
+        for event in function.events.values()
+        if event.get("Type") == "SQS"
+    ]
+    assert len(events) == 3
+    for logical_id, properties in events:
+        # When deployed with the defaults: standard mode, bounded by MaximumConcurrency
+        default = _deployed_scaling(template, properties)
+        assert set(default) == {"ScalingConfig"}, logical_id
+        assert int(default["ScalingConfig"]["MaximumConcurrency"]) >= 2, logical_id
+        # When deployed with pollers: provisioned mode instead (AWS takes one or the other)
+        provisioned = _deployed_scaling(
+            template, properties, ProvisionedPollersMinimum="3", ProvisionedPollersMaximum="8"
+        )
+        assert provisioned == {
+            "ProvisionedPollerConfig": {"MinimumPollers": "3", "MaximumPollers": "8"}
+        }, logical_id
+
+
+def test_one_provisioned_poller_is_refused_by_a_rule(template: Template) -> None:
+    # 0 is the standard mode; Lambda refuses a single poller for SQS at deploy time.
+    (assertion,) = template.body["Rules"]["ProvisionedPollersAreTwoAtLeast"]["Assertions"]
+    assert assertion["Assert"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ProvisionedPollersMinimum"}, "1"]}]
+    }
+
+
+def test_sam_local_may_point_every_function_at_a_local_endpoint(template: Template) -> None:
+    # sam local passes a function only the variables the template declares: without this
+    # declaration its --env-vars could not set the endpoint, and functions would call AWS.
+    variables = template.body["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["AWS_ENDPOINT_URL"] == ""
+    for function in template.functions():
+        assert function.environment["AWS_ENDPOINT_URL"] == "", function.logical_id
+
+
+_DEPLOYED_ENDPOINTS = """
+import json
+from lambdaloop.clients import aws_client
+from lambdaloop.settings import get_aws_settings
+
+services = ("dynamodb", "sqs", "s3", "secretsmanager")
+endpoints = {service: aws_client(service).meta.endpoint_url for service in services}
+print(json.dumps({"region": get_aws_settings().region, "endpoints": endpoints}))
+"""
+
+
+def test_the_declared_endpoint_changes_nothing_deployed(template: Template) -> None:
+    # Given the variables every function gets as deployed (the empty AWS_ENDPOINT_URL
+    # included), Lambda's own, and nothing of this machine's AWS configuration
+    deployed = _deployed(template, template.body["Globals"]["Function"]["Environment"])
+    assert deployed["Variables"]["AWS_ENDPOINT_URL"] == ""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AWS_", "BOTO_", "LAMBDALOOP_"))
+    }
+    environment = {
+        **inherited,
+        **{name: str(value) for name, value in deployed["Variables"].items()},
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "deployed",
+        "AWS_SECRET_ACCESS_KEY": "deployed",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    # When the layer builds its clients there (a new process: settings and clients are cached)
+    result = subprocess.run(
+        [sys.executable, "-c", _DEPLOYED_ENDPOINTS],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    # Then they use AWS's regional endpoints, as without the variable
+    outcome = json.loads(result.stdout)
+    assert outcome["region"] == "eu-west-1"
+    assert outcome["endpoints"] == {
+        "dynamodb": "https://dynamodb.eu-west-1.amazonaws.com",
+        "sqs": "https://sqs.eu-west-1.amazonaws.com",
+        "s3": "https://s3.eu-west-1.amazonaws.com",
+        "secretsmanager": "https://secretsmanager.eu-west-1.amazonaws.com",
+    }
 
 
 def test_the_api_function_gets_the_jobs_in_flight_limit(template: Template) -> None:
@@ -1369,6 +1485,13 @@ def resolver() -> Resolver:
         },
         parameters={"LogLevel": "INFO"},
         pseudo={"AWS::Region": "us-east-1", "AWS::StackName": "stack"},
+        conditions={
+            "IsInfo": {"Fn::Equals": [{"Ref": "LogLevel"}, "INFO"]},
+            "IsNotInfo": {"Fn::Not": [{"Condition": "IsInfo"}]},
+            "Both": {"Fn::And": [{"Condition": "IsInfo"}, {"Condition": "IsNotInfo"}]},
+            "Either": {"Fn::Or": [{"Condition": "IsNotInfo"}, {"Condition": "IsInfo"}]},
+            "Odd": {"Fn::Contains": [["a"], "a"]},
+        },
     )
 
 
@@ -1399,6 +1522,14 @@ def resolver() -> Resolver:
         ({"Fn::Base64": "hi"}, "aGk="),
         ({"Outer": [{"Ref": "UsersTable"}, {"Plain": 1}]}, {"Outer": ["users", {"Plain": 1}]}),
         ({"Condition": "x", "Other": 1}, {"Condition": "x", "Other": 1}),
+        ({"Fn::If": ["IsInfo", "yes", "no"]}, "yes"),
+        ({"Fn::If": ["IsNotInfo", "yes", {"Ref": "UsersTable"}]}, "users"),
+        ({"Fn::If": ["Both", "yes", "no"]}, "no"),
+        ({"Fn::If": ["Either", "yes", "no"]}, "yes"),
+        # AWS::NoValue removes what holds it, as in CloudFormation.
+        ({"A": 1, "B": {"Fn::If": ["IsNotInfo", 2, {"Ref": "AWS::NoValue"}]}}, {"A": 1}),
+        ([1, {"Fn::If": ["IsInfo", {"Ref": "AWS::NoValue"}, 2]}, 3], [1, 3]),
+        ({"Fn::If": ["IsInfo", {"Ref": "AWS::NoValue"}, 1]}, None),
     ],
 )
 def test_resolver_resolves_intrinsics(resolver: Resolver, value: Any, expected: Any) -> None:
@@ -1414,7 +1545,9 @@ def test_resolver_resolves_intrinsics(resolver: Resolver, value: Any, expected: 
         ({"Fn::Sub": "${Nowhere}"}, "Nowhere"),
         ({"Fn::Sub": "${Ghost.Endpoint.Address}"}, "Ghost.Endpoint.Address"),
         ({"Fn::Sub": "${AWS::AccountId}"}, "AWS::AccountId"),
-        ({"Fn::If": ["IsProd", "a", "b"]}, "Fn::If"),
+        ({"Fn::If": ["IsProd", "a", "b"]}, "Fn::If: no condition 'IsProd'"),
+        ({"Fn::If": ["IsInfo", "a"]}, "Fn::If needs"),
+        ({"Fn::If": ["Odd", "a", "b"]}, "cannot evaluate"),
         ({"Fn::Sub": ["${X}", {"X": ["a", "list"]}]}, "X"),
         ({"Fn::Select": [5, ["a"]]}, "5"),
     ],
@@ -1477,3 +1610,118 @@ def test_only_the_jobs_function_writes_bodies_and_only_the_api_reads_them(
     assert s3_actions("JobsFunction") == {"s3:PutObject"}
     assert s3_actions("ApiFunction") == {"s3:GetObject"}
     assert s3_actions("NotifyFunction") == set()
+
+
+# ---------------------------------------------------------------- SnapStart
+
+
+def test_snapstart_is_a_parameter_off_by_default(template: Template) -> None:
+    parameter = template.body["Parameters"]["SnapStart"]
+    assert (parameter["Type"], parameter["Default"]) == ("String", "false")
+    assert sorted(parameter["AllowedValues"]) == ["false", "true"]
+    assert template.body["Conditions"]["UseSnapStart"] == {
+        "Fn::Equals": [{"Ref": "SnapStart"}, "true"]
+    }
+
+
+def test_the_api_function_restores_from_snapshots_only_when_asked(template: Template) -> None:
+    chosen = {"SnapStart": template.resources["ApiFunction"]["Properties"]["SnapStart"]}
+
+    assert _deployed(template, chosen) == {}
+    assert _deployed(template, chosen, SnapStart="true") == {
+        "SnapStart": {"ApplyOn": "PublishedVersions"}
+    }
+    # The other functions do not restore from snapshots
+    others = [f for f in template.functions() if f.logical_id != "ApiFunction"]
+    assert others
+    assert not any("SnapStart" in f.properties for f in others)
+
+
+def test_the_api_function_is_published_and_invoked_through_an_alias(template: Template) -> None:
+    properties = template.resources["ApiFunction"]["Properties"]
+    # SnapStart applies to published versions only: SAM publishes one per change of the code
+    # (and points the HTTP API's integrations and permissions at the alias) ...
+    assert properties["AutoPublishAlias"] == "live"
+    # ... and per change of the parameter: a version's description cannot be updated, so
+    # CloudFormation publishes a new version when the parameter changes it.
+    assert _deployed(template, properties["VersionDescription"]) != _deployed(
+        template, properties["VersionDescription"], SnapStart="true"
+    )
+    # Replaced versions (and their billed snapshots) go.
+    assert properties["VersionDeletionPolicy"] == "Delete"
+
+
+def test_snapstart_fits_the_api_function(template: Template) -> None:
+    # Lambda refuses SnapStart with provisioned concurrency, EFS or over 512 MB of /tmp,
+    # and supports it for Python 3.12 and later.
+    function = template.function("ApiFunction")
+    properties = function.properties
+    assert "ProvisionedConcurrencyConfig" not in properties
+    assert "FileSystemConfigs" not in properties
+    assert properties.get("EphemeralStorage", {"Size": 512})["Size"] <= 512
+    assert function.runtime == "python3.13"
+
+
+_SAM_TRANSLATE = """
+import json, sys
+
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+
+class NoManagedPolicies:
+    def load(self):
+        return {}
+
+
+template = yaml_parse(open(sys.argv[1]).read())
+for name, resource in template["Resources"].items():  # as `sam package` leaves them
+    properties = resource.get("Properties", {})
+    if resource["Type"] == "AWS::Serverless::Function" and "CodeUri" in properties:
+        properties["CodeUri"] = f"s3://bucket/{name}.zip"
+    if resource["Type"] == "AWS::Serverless::LayerVersion":
+        properties["ContentUri"] = f"s3://bucket/{name}.zip"
+print(json.dumps(transform(template, {"SnapStart": sys.argv[2]}, NoManagedPolicies())))
+"""
+
+
+@pytest.mark.parametrize("snapstart", ["true", "false"])
+def test_sam_points_the_http_api_at_the_alias(snapstart: str) -> None:
+    sam_python = Path(__file__).parents[2] / ".tools" / "sam" / "bin" / "python"
+    if not sam_python.exists():
+        pytest.skip("needs the SAM CLI's translator (make build installs it in .tools/)")
+    # Given the template as SAM's transform turns it into CloudFormation
+    done = subprocess.run(
+        [str(sam_python), "-c", _SAM_TRANSLATE, str(TEMPLATE_PATH), snapstart],
+        env={**os.environ, "AWS_DEFAULT_REGION": "eu-west-1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    resources = json.loads(done.stdout)["Resources"]
+
+    # Then one version and the alias on it
+    [version] = [k for k, r in resources.items() if r["Type"] == "AWS::Lambda::Version"]
+    alias = resources["ApiFunctionAliaslive"]
+    assert alias["Properties"]["FunctionVersion"] == {"Fn::GetAtt": [version, "Version"]}
+    assert resources[version]["DeletionPolicy"] == "Delete"
+    # And every route's integration and permission names the alias, not the function
+    body = resources["HttpApi"]["Properties"]["Body"]
+    uris = {
+        json.dumps(operation["x-amazon-apigateway-integration"]["uri"])
+        for methods in body["paths"].values()
+        for operation in methods.values()
+        if isinstance(operation, dict) and "x-amazon-apigateway-integration" in operation
+    }
+    assert len(uris) == 1
+    assert "${ApiFunctionAliaslive}" in uris.pop()
+    permissions = [
+        r["Properties"]["FunctionName"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::Permission"
+        and r["Properties"]["Principal"] == "apigateway.amazonaws.com"
+    ]
+    assert permissions
+    assert all(target == {"Ref": "ApiFunctionAliaslive"} for target in permissions)
