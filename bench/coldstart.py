@@ -77,7 +77,7 @@ WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 #: Ratios of lambdaloop's median init the bundle aims for.
 GOAL_VS_BARE = 1.15
-GOAL_VS_NAIVE = 0.5
+GOAL_VS_NAIVE = 0.45
 #: The built artifact's median init against the .venv's, on the same Python.
 GOAL_BUILT_VS_VENV = 1.1
 

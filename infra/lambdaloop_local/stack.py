@@ -193,11 +193,23 @@ class LocalStack:
         return tuple(paths)
 
     def local_function(self, logical_id: str) -> LocalFunction:
+        """The function as its execution environments run it; with SnapStart on (its
+        ``SnapStart`` property, parameters resolved), each one is restored from one init, and
+        the runtime's hook module is on its path as on Lambda's."""
+        snapstart = self._snapstart(logical_id)
+        layers = self.layer_paths(logical_id)
         return LocalFunction(
             spec=self.template.function(logical_id),
             environment=self.function_environment(logical_id),
-            layer_paths=self.layer_paths(logical_id),
+            layer_paths=(*layers, RUNTIME_HOOKS) if snapstart else layers,
+            snapstart=snapstart,
         )
+
+    def _snapstart(self, logical_id: str) -> bool:
+        properties = self.template.resources[logical_id].get("Properties") or {}
+        resolver = self.resources.resolver(self.template, self.config.pseudo)
+        setting = resolver.resolve({"SnapStart": properties.get("SnapStart")}).get("SnapStart")
+        return isinstance(setting, dict) and setting.get("ApplyOn") == "PublishedVersions"
 
     def pool(self, logical_id: str, max_environments: int = 1) -> FunctionPool:
         """The function's environments (made on first use, then shared)."""
@@ -285,6 +297,10 @@ class LocalStack:
         for pool in pools:
             await pool.aclose()
 
+
+#: The folder that holds the SnapStart runtime's hook module (``snapshot_restore_py``), put
+#: on the path of functions with SnapStart.
+RUNTIME_HOOKS = Path(__file__).parent / "runtime_hooks"
 
 #: Where each function's stream event sources got to, per moto endpoint, function and stream:
 #: shared by every LocalStack of the process on those services, so the sources of a stack

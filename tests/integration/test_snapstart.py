@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
+import lambdaloop_local.stack
 from lambdaloop.cache import stable_key
 from lambdaloop_local.functions import FunctionPool, InvocationResult, LocalFunction
 from lambdaloop_local.stack import LocalStack
@@ -25,6 +26,7 @@ from support import (
     CI_REDIS_TIMEOUTS,
     TENANT,
     LoopbackHttpServer,
+    attached_stack,
     function_in_folder,
     http_event,
     with_claims,
@@ -34,7 +36,7 @@ ROOT = Path(__file__).parents[2]
 #: The layer, as the template's functions get it.
 SHARED = ROOT / "shared"
 #: Holds the stand-in for Lambda's snapshot_restore_py (its Python runtimes have the module).
-RUNTIME_HOOKS = ROOT / "tests" / "emulator"
+RUNTIME_HOOKS = lambdaloop_local.stack.RUNTIME_HOOKS
 
 #: A function that warms every kind of client at init, on the layer's loop (as some
 #: functions do): its snapshot holds connections to Redis, DynamoDB and an HTTP server.
@@ -195,6 +197,30 @@ def test_restored_environments_share_one_init(local_stack: LocalStack, tmp_path:
     assert first["pid"] != second["pid"]
     assert first["init_token"] == second["init_token"]  # the same init, not two
     assert snapshot not in (first["pid"], second["pid"])  # the snapshot serves nothing
+
+
+def test_the_stack_restores_the_functions_the_template_gives_snapstart(
+    session_stack: LocalStack,
+) -> None:
+    session_stack.create_resources()
+    snapping = attached_stack(session_stack, {}, {"SnapStart": "true"})
+
+    async def health() -> tuple[int, int | None]:
+        pool = snapping.pool("ApiFunction")
+        try:
+            answer = (await pool.invoke(api_request("GET", "/health"))).result["statusCode"]
+            return answer, pool.snapshot_pid
+        finally:
+            await snapping.aclose_functions()
+
+    status, snapshot_pid = asyncio.run(health())
+
+    assert not session_stack.local_function("ApiFunction").snapstart  # the default: off
+    assert snapping.local_function("ApiFunction").snapstart
+    assert RUNTIME_HOOKS in snapping.local_function("ApiFunction").layer_paths
+    assert not snapping.local_function("NotifyFunction").snapstart  # the API's alone
+    assert status == 200
+    assert snapshot_pid is not None  # served by an environment restored from a snapshot
 
 
 def api_request(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -4,8 +4,9 @@ Python runtimes), with the real module's interface: hooks register with
 decorators), and the runtime reads them with ``get_before_snapshot``/``get_after_restore``
 as lists of ``(func, args, kwargs)``.
 
-Tests put this folder on a local function's path (as Lambda's runtime has the module on
-its own), so the layer installs its hooks and the emulator's restored environments run them.
+The emulator puts this folder on the path of a function with SnapStart (as Lambda's runtime
+has the module on its own), so the layer installs its hooks and the restored environments run
+them. It is not a package of the emulator: only a function's worker imports it.
 """
 
 from __future__ import annotations
