@@ -7,7 +7,6 @@ import importlib.util
 import random
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -17,8 +16,9 @@ from lambdaloop import clients, snapstart
 from lambdaloop.clients import aclose_clients, aws_client, http_session, redis_client
 from lambdaloop.runtime import get_loop
 from lambdaloop.settings import reset_settings
+from lambdaloop_local.stack import RUNTIME_HOOKS
 
-HOOKS_STAND_IN = Path(__file__).parents[1] / "emulator" / "snapshot_restore_py.py"
+HOOKS_STAND_IN = RUNTIME_HOOKS / "snapshot_restore_py.py"
 
 
 @pytest.fixture(autouse=True)
