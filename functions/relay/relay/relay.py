@@ -39,18 +39,20 @@ class Relay:
         """The batch's response: the first record not relayed, if any."""
         records = event.get("Records") or []
         planned: list[tuple[str, list[Outgoing]]] = []
+        unreadable: str | None = None
         for record in records:
             sequence = str(record.get("dynamodb", {}).get("SequenceNumber", ""))
             try:
                 planned.append((sequence, messages_for(_image(record))))
             except (KeyError, TypeError, ValueError) as exc:
                 logger.error("stream record %s: not relayed, malformed: %s", sequence, exc)
-                return _failed_at(sequence)
+                unreadable = sequence
+                break  # Lambda counts the records before a reported one as done: send those
         failed = await self._publish([out for _, outs in planned for out in outs])
         for sequence, outs in planned:
             if any(out.message.envelope.id in failed for out in outs):
                 return _failed_at(sequence)
-        return {"batchItemFailures": []}
+        return _failed_at(unreadable) if unreadable is not None else {"batchItemFailures": []}
 
     async def _publish(self, outgoing: list[Outgoing]) -> set[str]:
         """Publish to every queue at once; the envelope ids that may not have arrived."""
