@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from lambdaloop_local.context import LocalContext
@@ -58,3 +60,29 @@ def with_claims(event: dict[str, Any], tenant: str) -> dict[str, Any]:
         }
     }
     return event
+
+
+T = TypeVar("T")
+
+
+class BenchError(RuntimeError):
+    """What was measured did not answer or end as expected: the figures would mean nothing."""
+
+
+def with_handler_output_captured(name: str, measure: Callable[[], T]) -> T | None:
+    """``measure()``, with what the handler writes to stdout (its JSON logs and EMF metrics)
+    kept out of the table; when it fails, that output's last lines go to stderr with the
+    error (a :class:`BenchError` returns None, anything else is raised again)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            return measure()
+    except BenchError as exc:
+        print(
+            f"{name}: {exc}\nthe handler's last output:\n{captured.getvalue()[-4000:]}",
+            file=sys.stderr,
+        )
+        return None
+    except BaseException:
+        print(f"the handler's last output:\n{captured.getvalue()[-4000:]}", file=sys.stderr)
+        raise

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchkit import ROOT, p90
+from benchkit import ROOT, BenchError, p90
 
 API_CODE_URI = ROOT / "functions" / "api"
 SHARED_LAYER = ROOT / "shared"
@@ -226,10 +226,6 @@ asgi_handler = Mangum(app)
 def handler(event, context):
     return asgi_handler(event, context)
 '''
-
-
-class BenchError(RuntimeError):
-    """A peer failed to start or to answer 200."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from benchkit import ROOT, import_paths, lambda_context, p90
+from benchkit import ROOT, BenchError, import_paths, lambda_context, p90
 
 if TYPE_CHECKING:
     pass
@@ -77,10 +77,6 @@ QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/NotifyQueue"
 MESSAGE_TYPE = "bench"
 
 Handler = Callable[[dict[str, Any], Any], Any]
-
-
-class BenchError(RuntimeError):
-    """A batch did not come back clean."""
 
 
 # ------------------------------------------------------------------------------------- events

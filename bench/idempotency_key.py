@@ -39,13 +39,10 @@ Run it with ``.venv/bin/python bench/idempotency_key.py`` from any directory
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 import uuid
@@ -54,7 +51,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from benchkit import ROOT, import_paths, lambda_context, quiet_logs, with_claims
+from benchkit import (
+    ROOT,
+    BenchError,
+    import_paths,
+    lambda_context,
+    quiet_logs,
+    with_claims,
+    with_handler_output_captured,
+)
 
 if TYPE_CHECKING:
     from lambdaloop.jobs import JobRef
@@ -75,10 +80,6 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 Check = Callable[[dict[str, Any], dict[str, Any]], None]
 #: Runs ``n`` timed calls and returns their durations in seconds.
 Sampler = Callable[[int], list[float]]
-
-
-class BenchError(RuntimeError):
-    """A request did not answer as expected."""
 
 
 # -------------------------------------------------------------------------------- requests
@@ -396,19 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import_paths(API_CODE_URI)
     quiet_logs()
-    captured = io.StringIO()  # the handler's JSON logs and EMF metrics
-    try:
-        with contextlib.redirect_stdout(captured):
-            result, labels = measure(args)
-    except BenchError as exc:
-        print(
-            f"idempotency_key: {exc}\nthe handler's last output:\n{captured.getvalue()[-4000:]}",
-            file=sys.stderr,
-        )
+    measured = with_handler_output_captured("idempotency_key", lambda: measure(args))
+    if measured is None:
         return 1
-    except BaseException:
-        print(f"the handler's last output:\n{captured.getvalue()[-4000:]}", file=sys.stderr)
-        raise
+    result, labels = measured
     print("\n".join(render_table(result, args, labels)))
     if args.json:
         print(json.dumps(raw_numbers(result, args), indent=2))

@@ -48,14 +48,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import io
 import json
 import os
 import platform
 import random
 import statistics
-import sys
 import threading
 import time
 import uuid
@@ -63,7 +60,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from benchkit import ROOT, import_paths, lambda_context, quiet_logs, with_claims
+from benchkit import (
+    ROOT,
+    BenchError,
+    import_paths,
+    lambda_context,
+    quiet_logs,
+    with_claims,
+    with_handler_output_captured,
+)
 
 if TYPE_CHECKING:
     from lambdaloop.jobs import JobRef
@@ -83,10 +88,6 @@ ARRIVAL_TIMEOUT_S = 30.0
 QUIET_FUNCTIONS = {"POWERTOOLS_LOG_LEVEL": "WARNING"}
 
 Sampler = Callable[[], "Sample"]
-
-
-class BenchError(RuntimeError):
-    """A request or a message did not come as expected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,19 +471,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import_paths(API_CODE_URI)
     quiet_logs()
-    captured = io.StringIO()  # the handler's JSON logs and EMF metrics
-    try:
-        with contextlib.redirect_stdout(captured):
-            samples, redis_kind = measure(args)
-    except BenchError as exc:
-        print(
-            f"outbox: {exc}\nthe handler's last output:\n{captured.getvalue()[-4000:]}",
-            file=sys.stderr,
-        )
+    measured = with_handler_output_captured("outbox", lambda: measure(args))
+    if measured is None:
         return 1
-    except BaseException:
-        print(f"the handler's last output:\n{captured.getvalue()[-4000:]}", file=sys.stderr)
-        raise
+    samples, redis_kind = measured
     stats = summarize(samples)
     print("\n".join(render_table(stats, args, redis_kind)))
     if args.json:

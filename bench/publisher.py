@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from benchkit import import_paths, p90, quiet_logs
+from benchkit import BenchError, import_paths, p90, quiet_logs
 
 if TYPE_CHECKING:
     from lambdaloop.queue import OutgoingMessage, Publisher
@@ -70,10 +70,6 @@ CORRELATION_ID = "bench-correlation"
 BATCH = 10
 #: Messages of each peer's uncounted warm-up run (clients built, connections and threads up).
 WARMUP_MESSAGES = 20
-
-
-class BenchError(RuntimeError):
-    """A run did not leave the queue holding exactly the messages sent."""
 
 
 # ----------------------------------------------------------------------------- counting

@@ -69,7 +69,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from benchkit import ROOT, import_paths, lambda_context, with_claims
+from benchkit import (
+    ROOT,
+    BenchError,
+    import_paths,
+    lambda_context,
+    with_claims,
+    with_handler_output_captured,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -106,10 +113,6 @@ SWITCH_WARMUP = 20
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 #: Runs ``n`` timed calls and returns their durations in seconds.
 Sampler = Callable[[int], list[float]]
-
-
-class BenchError(RuntimeError):
-    """A request did not answer as expected, or the stack is not in the state measured."""
 
 
 # ------------------------------------------------------------------------------ events, handlers
@@ -899,19 +902,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child_main(args.child, args.tenant)
     import_paths(API_CODE_URI)
     quiet_logs()
-    captured = io.StringIO()  # the handler's JSON logs and EMF metrics
-    try:
-        with contextlib.redirect_stdout(captured):
-            samples, redis_kind = measure(args)
-    except BenchError as exc:
-        print(
-            f"users: {exc}\nthe handler's last output:\n{captured.getvalue()[-4000:]}",
-            file=sys.stderr,
-        )
+    measured = with_handler_output_captured("users", lambda: measure(args))
+    if measured is None:
         return 1
-    except BaseException:
-        print(f"the handler's last output:\n{captured.getvalue()[-4000:]}", file=sys.stderr)
-        raise
+    samples, redis_kind = measured
     stats = {name: Stats.of(values) for name, values in samples.items()}
     print("\n".join(render_table(stats, args, redis_kind)))
     if args.json:
