@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import statistics
 import sys
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from lambdaloop_local.context import LocalContext
 
 ROOT = Path(__file__).resolve().parent.parent
+API_CODE_URI = ROOT / "functions" / "api"
 
 
 def import_paths(*extra: Path) -> None:
@@ -86,3 +88,44 @@ def with_handler_output_captured(name: str, measure: Callable[[], T]) -> T | Non
     except BaseException:
         print(f"the handler's last output:\n{captured.getvalue()[-4000:]}", file=sys.stderr)
         raise
+
+
+def api_event(
+    method: str,
+    path: str,
+    tenant: str | None,
+    *,
+    query: str = "",
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event, built by the local emulator's own code,
+    with the claims of ``tenant`` as the gateway's JWT authorizer passes them on (None: no
+    claims, as a route without an authorizer)."""
+    from lambdaloop_local.apigw import HttpRoute, build_event
+
+    sent = {"host": "bench.local", "user-agent": "lambdaloop-bench/1"}
+    if body:
+        sent["content-type"] = "application/json"
+    event = build_event(
+        HttpRoute.parse("ANY", "/{proxy+}", "ApiFunction"),
+        {"proxy": path.lstrip("/")} if path != "/" else {},
+        method=method,
+        path=path,
+        raw_query=query,
+        headers={**sent, **(headers or {})},
+        body=body,
+        source_ip="127.0.0.1",
+    )
+    return event if tenant is None else with_claims(event, tenant)
+
+
+def checked(response: dict[str, Any], expected: int, what: str) -> Any:
+    """The decoded JSON body; BenchError when the status is not ``expected``."""
+    if response.get("statusCode") != expected:
+        raise BenchError(
+            f"{what} answered {response.get('statusCode')}, not {expected}: "
+            f"{str(response.get('body'))[:500]}"
+        )
+    body = response.get("body")
+    return json.loads(body) if body else None

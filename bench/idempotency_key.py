@@ -52,12 +52,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from benchkit import (
-    ROOT,
+    API_CODE_URI,
     BenchError,
+    api_event,
+    checked,
     import_paths,
     lambda_context,
     quiet_logs,
-    with_claims,
     with_handler_output_captured,
 )
 
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
     from lambdaloop.jobs import JobRef
     from lambdaloop_local.stack import LocalStack
 
-API_CODE_URI = ROOT / "functions" / "api"
 
 #: One URL: the smallest fetch job.
 FETCH_BODY = json.dumps({"urls": ["https://example.com/"]}).encode()
@@ -90,28 +90,9 @@ def new_tenant() -> str:
 
 
 def post_event(tenant: str, key: str | None) -> dict[str, Any]:
-    """``POST /jobs/fetch`` as API Gateway HTTP API (payload 2.0) passes it on, built by the
-    local emulator's own code, with the claims of ``tenant`` and ``key`` if given."""
-    from lambdaloop_local.apigw import HttpRoute, build_event
-
-    headers = {
-        "host": "bench.local",
-        "user-agent": "lambdaloop-bench/1",
-        "content-type": "application/json",
-    }
-    if key is not None:
-        headers["idempotency-key"] = key
-    event = build_event(
-        HttpRoute.parse("ANY", "/{proxy+}", "ApiFunction"),
-        {"proxy": "jobs/fetch"},
-        method="POST",
-        path="/jobs/fetch",
-        raw_query="",
-        headers=headers,
-        body=FETCH_BODY,
-        source_ip="127.0.0.1",
-    )
-    return with_claims(event, tenant)
+    """``POST /jobs/fetch`` as API Gateway passes it on, with ``key`` if given."""
+    headers = {} if key is None else {"idempotency-key": key}
+    return api_event("POST", "/jobs/fetch", tenant, body=FETCH_BODY, headers=headers)
 
 
 def job_of(event: dict[str, Any], response: dict[str, Any], *, replayed: bool, what: str) -> JobRef:
@@ -119,16 +100,12 @@ def job_of(event: dict[str, Any], response: dict[str, Any], *, replayed: bool, w
     replayed or not as expected."""
     from lambdaloop.jobs import JobRef
 
-    if response.get("statusCode") != 202:
-        raise BenchError(
-            f"{what} answered {response.get('statusCode')}, not 202: "
-            f"{str(response.get('body'))[:500]}"
-        )
+    body = checked(response, 202, what)
     headers = {name.lower(): value for name, value in (response.get("headers") or {}).items()}
     if (headers.get("idempotent-replayed") == "true") != replayed:
         raise BenchError(f"{what}: expected {'a' if replayed else 'no'} replay, got {headers}")
     tenant = event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"]
-    return JobRef(tenant, json.loads(response["body"])["job_id"])
+    return JobRef(tenant, body["job_id"])
 
 
 # ------------------------------------------------------------------------------ samplers

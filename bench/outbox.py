@@ -61,12 +61,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from benchkit import (
-    ROOT,
+    API_CODE_URI,
     BenchError,
+    api_event,
+    checked,
     import_paths,
     lambda_context,
     quiet_logs,
-    with_claims,
     with_handler_output_captured,
 )
 
@@ -75,7 +76,6 @@ if TYPE_CHECKING:
     from lambdaloop.queue import Publisher
     from lambdaloop_local.stack import LocalStack
 
-API_CODE_URI = ROOT / "functions" / "api"
 
 #: One URL: the smallest fetch job (one record, one first message).
 FETCH_BODY = json.dumps({"urls": ["https://example.com/"]}).encode()
@@ -107,40 +107,6 @@ def new_tenant() -> str:
     POSTs would slow down as its queued jobs pile up; a client with a few jobs in flight is
     the case measured."""
     return f"bench-{uuid.uuid4().hex[:12]}"
-
-
-def post_event(path: str, body: bytes, headers: dict[str, str], tenant: str) -> dict[str, Any]:
-    """An API Gateway HTTP API (payload 2.0) POST, built by the local emulator's own code,
-    with the claims of ``tenant``."""
-    from lambdaloop_local.apigw import HttpRoute, build_event
-
-    event = build_event(
-        HttpRoute.parse("ANY", "/{proxy+}", "ApiFunction"),
-        {"proxy": path.lstrip("/")},
-        method="POST",
-        path=path,
-        raw_query="",
-        headers={
-            "host": "bench.local",
-            "user-agent": "lambdaloop-bench/1",
-            "content-type": "application/json",
-            **headers,
-        },
-        body=body,
-        source_ip="127.0.0.1",
-    )
-    return with_claims(event, tenant)
-
-
-def checked(response: dict[str, Any], expected: int, what: str) -> Any:
-    """The decoded JSON body; BenchError when the status is not ``expected``."""
-    if response.get("statusCode") != expected:
-        raise BenchError(
-            f"{what} answered {response.get('statusCode')}, not {expected}: "
-            f"{str(response.get('body'))[:500]}"
-        )
-    body = response.get("body")
-    return json.loads(body) if body else None
 
 
 # ---------------------------------------------------------------------------------- the relay
@@ -280,7 +246,7 @@ class Bench:
 
         headers = {"x-correlation-id": correlation_id}
         response = self.handler(
-            post_event("/jobs/fetch", FETCH_BODY, headers, tenant), self.context
+            api_event("POST", "/jobs/fetch", tenant, body=FETCH_BODY, headers=headers), self.context
         )
         return JobRef(tenant, checked(response, 202, "POST /jobs/fetch")["job_id"])
 

@@ -70,11 +70,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from benchkit import (
+    API_CODE_URI,
     ROOT,
     BenchError,
+    api_event,
+    checked,
     import_paths,
     lambda_context,
-    with_claims,
     with_handler_output_captured,
 )
 
@@ -85,7 +87,6 @@ if TYPE_CHECKING:
 
     from lambdaloop_local.stack import LocalStack
 
-API_CODE_URI = ROOT / "functions" / "api"
 
 #: lambdaloop's p50 over its peer's, at most.
 GOAL_HIT = 1.25
@@ -116,41 +117,6 @@ Sampler = Callable[[int], list[float]]
 
 
 # ------------------------------------------------------------------------------ events, handlers
-
-
-def api_event(
-    method: str, path: str, *, query: str = "", body: bytes = b"", tenant: str | None = TENANT
-) -> dict[str, Any]:
-    """An API Gateway HTTP API (payload 2.0) event, built by the local emulator's own code,
-    with the claims of ``tenant`` as the gateway's JWT authorizer passes them on (None: no
-    claims, as the API had no authorizer before tenancy)."""
-    from lambdaloop_local.apigw import HttpRoute, build_event
-
-    headers = {"host": "bench.local", "user-agent": "lambdaloop-bench/1"}
-    if body:
-        headers["content-type"] = "application/json"
-    event = build_event(
-        HttpRoute.parse("ANY", "/{proxy+}", "ApiFunction"),
-        {"proxy": path.lstrip("/")},
-        method=method,
-        path=path,
-        raw_query=query,
-        headers=headers,
-        body=body,
-        source_ip="127.0.0.1",
-    )
-    return event if tenant is None else with_claims(event, tenant)
-
-
-def checked(response: dict[str, Any], expected: int, what: str) -> Any:
-    """The decoded JSON body; BenchError when the status is not ``expected``."""
-    if response.get("statusCode") != expected:
-        raise BenchError(
-            f"{what} answered {response.get('statusCode')}, not {expected}: "
-            f"{str(response.get('body'))[:500]}"
-        )
-    body = response.get("body")
-    return json.loads(body) if body else None
 
 
 def bare_handler(
@@ -209,10 +175,10 @@ def create_users(handler: Handler, context: Any, tenant: str | None) -> dict[int
             for n in range(start, min(start + CREATE_BATCH, USERS))
         ]
         body = json.dumps({"users": batch}).encode()
-        created = handler(api_event("POST", "/users/batch", body=body, tenant=tenant), context)
+        created = handler(api_event("POST", "/users/batch", tenant, body=body), context)
         users |= {u["id"]: u for u in checked(created, 201, "POST /users/batch")["users"]}
     for user_id, user in users.items():
-        response = handler(api_event("GET", f"/users/{user_id}", tenant=tenant), context)
+        response = handler(api_event("GET", f"/users/{user_id}", tenant), context)
         got = checked(response, 200, f"GET /users/{user_id}")
         if got != user:
             raise BenchError(f"GET /users/{user_id} answered {got}, created {user}")
@@ -294,10 +260,10 @@ def interleave(
 
 @contextlib.contextmanager
 def baseline_tree(revision: str) -> Iterator[Path]:
-    """The API function and the layer as of ``revision`` (``git archive``), extracted into a
-    temporary folder laid out as the repository is (``functions/api``, ``shared``)."""
+    """The API function, the layer and the template as of ``revision`` (``git archive``),
+    extracted into a temporary folder laid out as the repository is."""
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "functions/api", "shared"],
+        ["git", "-C", str(ROOT), "archive", revision, "functions/api", "shared", "template.yaml"],
         capture_output=True,
         check=False,
     )
@@ -330,14 +296,18 @@ class HandlerChild:
     :data:`Sampler`: each call asks the child over a pipe for a block of ``n`` cache hits,
     which it times itself, and returns their durations."""
 
-    def __init__(self, code: Path, tenant: str | None, what: str) -> None:
+    def __init__(
+        self, code: Path, tenant: str | None, what: str, environment: dict[str, str]
+    ) -> None:
+        """``environment``: the API function's variables, as ``code``'s own template gives
+        them (a tree of another revision may read others)."""
         self.what = what
         # The child's stderr, shown if it fails; closed by close().
         self.log: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115
         command = [sys.executable, str(Path(__file__).resolve()), "--child", str(code)]
         if tenant is not None:
             command += ["--tenant", tenant]
-        env = {**os.environ, "LAMBDA_TASK_ROOT": str(code / "functions" / "api")}
+        env = {**os.environ, **environment, "LAMBDA_TASK_ROOT": str(code / "functions" / "api")}
         env.pop("PYTHONPATH", None)
         self.process = subprocess.Popen(
             command,
@@ -433,7 +403,7 @@ def child_sampler(code: Path, tenant: str | None) -> Sampler:
     handler = asgi_handler(create_app())
     context = lambda_context("ApiFunction")
     users = create_users(handler, context, tenant)
-    events = [api_event("GET", f"/users/{i}", tenant=tenant) for i in sorted(users)]
+    events = [api_event("GET", f"/users/{i}", tenant) for i in sorted(users)]
     return handler_sampler(handler, events, context, what=f"GET /users/{{id}} ({code})")
 
 
@@ -525,9 +495,9 @@ class Bench:
         self.handler = asgi_handler(create_app())
         self.users = create_users(self.handler, self.context, TENANT)
         ids = sorted(self.users)
-        self.one_events = [api_event("GET", f"/users/{i}") for i in ids]
+        self.one_events = [api_event("GET", f"/users/{i}", TENANT) for i in ids]
         query = "&".join(f"user_ids={i}" for i in ids)
-        self.batch_events = [api_event("GET", "/users/batch", query=query)]
+        self.batch_events = [api_event("GET", "/users/batch", TENANT, query=query)]
         self.key_of = {i: self._service().cache.key("user", TENANT, i) for i in ids}
         self.keys = list(self.key_of.values())
         self.redis: redis.asyncio.Redis = self.loop.run_until_complete(self._peer_client())
@@ -617,8 +587,8 @@ class Bench:
         with baseline_tree(baseline) as old:
             compile_bytecode(ROOT, old)
             with (
-                HandlerChild(ROOT, CHILD_TENANT, "this tree") as ours,
-                HandlerChild(old, None, baseline) as theirs,
+                HandlerChild(ROOT, CHILD_TENANT, "this tree", self._api_environment(ROOT)) as ours,
+                HandlerChild(old, None, baseline, self._api_environment(old)) as theirs,
             ):
                 misses = self._redis_misses()
                 samples = interleave(
@@ -627,6 +597,19 @@ class Bench:
         if (missed := self._redis_misses() - misses) != 0:
             raise BenchError(f"(e): {missed} Redis read(s) missed: not every read was a hit")
         return samples
+
+    def _api_environment(self, code: Path) -> dict[str, str]:
+        """The API function's variables on this stack, as ``code``'s template declares them
+        (its resources have the names this tree's template gives them)."""
+        from lambdaloop_local.stack import LocalStack, StackConfig
+
+        config = StackConfig(
+            template_path=code / "template.yaml",
+            aws_endpoint=self.stack.aws_endpoint,
+            redis_url=self.stack.redis_url,
+        )
+        with LocalStack(config) as attached:
+            return attached.function_environment("ApiFunction")
 
     # -- (d): Redis down, breaker open, against no cache at all
 
