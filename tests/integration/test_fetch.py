@@ -9,28 +9,19 @@ import ipaddress
 import socket
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
-from lambdaloop.runtime import get_loop, invocation
+from lambdaloop.runtime import invocation
 from lambdaloop.ssrf import Policy
-from support import LoopbackHttpServer, lambda_context
+from support import LoopbackHttpServer, lambda_context, run
 
-T = TypeVar("T")
 BODY = b"hello fetch\n" * 100
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
-
-
-def run(work: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        async with asyncio.timeout(10):  # a safety net against a hang, not a measurement
-            return await work
-
-    return get_loop().run_until_complete(wrapped())
 
 
 class Site:

@@ -7,24 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from lambdaloop.errors import IdempotencyInProgress, IdempotencyKeyReused
 from lambdaloop.idempotency import IdempotencyGuard, Outcome, payload_hash
-from lambdaloop.runtime import Deadline, get_loop
+from lambdaloop.runtime import Deadline
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
-
-T = TypeVar("T")
+from support import run
 
 HASH = payload_hash({"n": 1})
-
-
-def run(work: Coroutine[Any, Any, T]) -> T:
-    return get_loop().run_until_complete(work)
 
 
 class Clock:

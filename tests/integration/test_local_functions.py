@@ -48,7 +48,7 @@ def code(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(function: LocalFunction, *events: Any) -> list[Any]:
+def invoke_each(function: LocalFunction, *events: Any) -> list[Any]:
     async def scenario() -> list[Any]:
         pool = FunctionPool(function)
         outcomes: list[Any] = []
@@ -70,7 +70,7 @@ def test_a_warm_environment_is_reused_and_isolated(
 ) -> None:
     monkeypatch.setenv("PARENT_SECRET", "do-not-leak")
 
-    first, second = run(local_function(code, "handlers.echo"), {"n": 1}, {"n": 2})
+    first, second = invoke_each(local_function(code, "handlers.echo"), {"n": 1}, {"n": 2})
 
     assert first.init_ms is not None  # cold start
     assert second.init_ms is None  # warm
@@ -84,7 +84,7 @@ def test_a_warm_environment_is_reused_and_isolated(
 
 
 def test_a_timeout_kills_the_environment_and_the_next_call_is_cold(code: Path) -> None:
-    timed_out, after = run(
+    timed_out, after = invoke_each(
         local_function(code, "handlers.sleepy", timeout=1), {"seconds": 30}, {"seconds": 0}
     )
 
@@ -96,7 +96,7 @@ def test_a_timeout_kills_the_environment_and_the_next_call_is_cold(code: Path) -
 
 
 def test_a_handler_error_is_lambdas_error_object(code: Path) -> None:
-    [failed, again] = run(local_function(code, "handlers.fails"), {"x": 1}, {"x": 2})
+    [failed, again] = invoke_each(local_function(code, "handlers.fails"), {"x": 1}, {"x": 2})
 
     assert isinstance(failed, InvocationError)
     assert failed.payload["errorType"] == "ValueError"
@@ -105,7 +105,7 @@ def test_a_handler_error_is_lambdas_error_object(code: Path) -> None:
 
 
 def test_an_import_error_is_reported_on_invocation(code: Path) -> None:
-    [failed] = run(local_function(code, "broken.handler"), {})
+    [failed] = invoke_each(local_function(code, "broken.handler"), {})
 
     assert isinstance(failed, InvocationError)
     assert failed.payload["errorType"] == "Runtime.ImportModuleError"
@@ -113,7 +113,7 @@ def test_an_import_error_is_reported_on_invocation(code: Path) -> None:
 
 
 def test_a_result_lambda_cannot_serialise_is_an_error(code: Path) -> None:
-    [failed] = run(local_function(code, "handlers.unserialisable"), {})
+    [failed] = invoke_each(local_function(code, "handlers.unserialisable"), {})
 
     assert isinstance(failed, InvocationError)
     assert failed.payload["errorType"] == "TypeError"

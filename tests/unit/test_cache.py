@@ -6,21 +6,14 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from fakes import CountingRedis
 from lambdaloop.breaker import CircuitBreaker
 from lambdaloop.cache import MISS, Cache, CacheAside, cached, stable_key
-from lambdaloop.runtime import get_loop
-
-T = TypeVar("T")
-
-
-def run(work: Awaitable[T]) -> T:
-    return get_loop().run_until_complete(work)
+from support import run
 
 
 def state_of(breaker: CircuitBreaker) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -16,15 +16,9 @@ from lambdaloop.consumer import RecordContext, RetryPolicy, SqsProcessor
 from lambdaloop.errors import RetryLater
 from lambdaloop.idempotency import IdempotencyGuard
 from lambdaloop.queue import Envelope
-from lambdaloop.runtime import Deadline, get_loop, lambda_handler
+from lambdaloop.runtime import Deadline, lambda_handler
 from lambdaloop.settings import get_runtime_settings
-from support import lambda_context
-
-T = TypeVar("T")
-
-
-def run(work: Coroutine[Any, Any, T]) -> T:
-    return get_loop().run_until_complete(work)
+from support import lambda_context, run
 
 
 def record(

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from fakes import FakeIdempotencyTable
 from lambdaloop.errors import ConditionFailed, IdempotencyInProgress, IdempotencyKeyReused
 from lambdaloop.idempotency import IdempotencyGuard, Outcome, payload_hash
-from lambdaloop.runtime import Deadline, get_loop
-
-T = TypeVar("T")
+from lambdaloop.runtime import Deadline
+from support import run
 
 
 class Clock:
@@ -24,10 +22,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def run(work: Coroutine[Any, Any, T]) -> T:
-    return get_loop().run_until_complete(work)
 
 
 class Work:

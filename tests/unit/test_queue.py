@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
@@ -17,17 +16,12 @@ from lambdaloop.errors import (
     PublishError,
 )
 from lambdaloop.queue import MAX_BATCH_BYTES, Envelope, OutgoingMessage, Publisher
-from lambdaloop.runtime import get_loop
+from support import run
 
-T = TypeVar("T")
 Raw = dict[str, Any]
 
 QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/notify"
 FIFO_QUEUE = QUEUE + ".fifo"
-
-
-def run(work: Coroutine[Any, Any, T]) -> T:
-    return get_loop().run_until_complete(work)
 
 
 class FakeSQS:

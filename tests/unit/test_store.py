@@ -6,8 +6,8 @@ import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from botocore.exceptions import (
@@ -28,16 +28,11 @@ from lambdaloop.errors import (
     DependencyUnavailable,
     TransactionConflict,
 )
-from lambdaloop.runtime import get_loop
 from lambdaloop.settings import reset_settings
 from lambdaloop.store import BatchWriteResult, Table, TransactOp
+from support import run
 
-T = TypeVar("T")
 Raw = dict[str, Any]
-
-
-def run(work: Coroutine[Any, Any, T]) -> T:
-    return get_loop().run_until_complete(work)
 
 
 def _identity(key: Raw) -> tuple[str, str]:
