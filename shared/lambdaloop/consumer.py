@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from lambdaloop._aws import AwsAdapter
+from lambdaloop.backoff import Backoff
 from lambdaloop.errors import DependencyError, IdempotencyError, RetryLater
 from lambdaloop.idempotency import IdempotencyGuard, payload_hash
 from lambdaloop.queue import Envelope
@@ -82,9 +83,9 @@ class RetryPolicy:
     def delay(self, receive_count: int, asked: float | None) -> int:
         if asked is not None:
             return max(0, min(int(asked), 43_200))
-        ceiling = min(self.max_s, self.base_s * 2.0 ** max(0, receive_count - 1))
         # Equal jitter: at least half the backoff, so retries stay spread but not immediate.
-        return int(ceiling / 2 + self.random() * ceiling / 2)
+        backoff = Backoff(self.base_s, self.max_s, floor=0.5, random=self.random)
+        return int(backoff.delay(receive_count - 1))
 
 
 class _Visibility(AwsAdapter):

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
+import random as _random
 import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lambdaloop.backoff import Backoff
 from lambdaloop.runtime import current_deadline
 from lambdaloop.ssrf import Blocked, Policy, guarded_connector
 from lambdaloop.webhooks import Verdict, classify
@@ -155,8 +156,7 @@ class FetchOptions:
             raise ValueError("max_attempts must be >= 1, max_redirects and max_body_bytes >= 0")
         if min(self.connect_timeout_s, self.total_timeout_s) <= 0:
             raise ValueError("timeouts must be positive")
-        if self.backoff_base_s < 0 or self.backoff_cap_s < 0:
-            raise ValueError("backoff times must not be negative")
+        Backoff(self.backoff_base_s, self.backoff_cap_s)  # its checks
 
 
 def guarded_session(policy: Policy) -> aiohttp.ClientSession:
@@ -207,7 +207,7 @@ class Fetcher:
     per environment and policy); a ``session`` or ``session_factory`` may be given instead
     (it then also decides what the connector allows: the policy still checks each URL).
 
-    ``sleep``, ``rand`` and ``clock`` are there for tests (backoff without waiting).
+    ``sleep``, ``random`` and ``clock`` are there for tests (backoff without waiting).
     """
 
     def __init__(
@@ -216,13 +216,13 @@ class Fetcher:
         *,
         session_factory: Callable[[Policy], aiohttp.ClientSession] = guarded_session,
         sleep: Callable[[float], Any] = asyncio.sleep,
-        rand: Callable[[], float] = random.random,
+        random: Callable[[], float] = _random.random,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
         self._session_factory = session_factory
         self._sleep = sleep
-        self._random = rand
+        self._random = random
         self._clock = clock
 
     def _session_for(self, policy: Policy) -> aiohttp.ClientSession:
@@ -312,16 +312,16 @@ class Fetcher:
             outcome = await self._attempt(session, parsed, options)
             if not outcome.retry or attempts >= options.max_attempts:
                 return result(outcome, attempts)
-            delay = self._backoff(attempts, outcome.retry_after_s, options)
+            delay = self._delay(attempts, outcome.retry_after_s, options)
             if delay >= current_deadline().remaining():
                 return result(outcome, attempts)
             await self._sleep(delay)
 
-    def _backoff(self, attempt: int, retry_after_s: float | None, options: FetchOptions) -> float:
+    def _delay(self, attempt: int, retry_after_s: float | None, options: FetchOptions) -> float:
         if retry_after_s is not None:
             return min(retry_after_s, options.backoff_cap_s)
-        ceiling = min(options.backoff_cap_s, options.backoff_base_s * 2.0 ** (attempt - 1))
-        return self._random() * ceiling  # full jitter
+        backoff = Backoff(options.backoff_base_s, options.backoff_cap_s, random=self._random)
+        return backoff.delay(attempt - 1)
 
     async def _attempt(
         self, session: aiohttp.ClientSession, url: yarl.URL, options: FetchOptions

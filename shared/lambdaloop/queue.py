@@ -30,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random as _random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from lambdaloop._aws import AwsAdapter
+from lambdaloop.backoff import Backoff
 from lambdaloop.errors import (
     PublishError,
 )
@@ -63,6 +63,8 @@ _VERSION = 1
 _MAX_ID_LENGTH = 128
 _FIELDS = frozenset({"type", "id", "version", "payload"})
 _CORRELATION_ATTRIBUTE = "correlation_id"
+#: Retries of what a batch call left undone: 50 ms, doubling up to 1 s, full jitter.
+_BACKOFF = Backoff(0.05, 1.0)
 
 
 # ----------------------------------------------------------------------------- messages
@@ -175,9 +177,8 @@ class Publisher(AwsAdapter):
 
     ``client`` is a boto3 SQS client; by default the environment's
     (:func:`~lambdaloop.clients.aws_client`), built on first use. A queue URL ending in
-    ``.fifo`` is a FIFO queue. ``sleep``, ``random`` and the delays drive the retries of
-    entries SQS failed: ``max_attempts`` calls in all, waiting
-    ``random() * min(max_delay_s, base_delay_s * 2**n)`` before retry ``n`` (from 0).
+    ``.fifo`` is a FIFO queue. Entries SQS failed are sent again, ``max_attempts`` calls in
+    all, ``sleep``-ing ``backoff.delay(n)`` before retry ``n``.
     """
 
     def __init__(
@@ -186,25 +187,19 @@ class Publisher(AwsAdapter):
         *,
         client: Any = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        random: Callable[[], float] = _random.random,
         max_attempts: int = 5,
-        base_delay_s: float = 0.05,
-        max_delay_s: float = 1.0,
+        backoff: Backoff = _BACKOFF,
     ) -> None:
         if not queue_url:
             raise ValueError("queue_url must not be empty")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if not 0 < base_delay_s <= max_delay_s:
-            raise ValueError("delays must satisfy 0 < base_delay_s <= max_delay_s")
         self.queue_url = queue_url
         self.fifo = queue_url.endswith(".fifo")
         super().__init__(client)
         self._sleep = sleep
-        self._random = random
         self._max_attempts = max_attempts
-        self._base_delay_s = base_delay_s
-        self._max_delay_s = max_delay_s
+        self._backoff = backoff
 
     service = "sqs"
 
@@ -300,11 +295,6 @@ class Publisher(AwsAdapter):
             "MessageDeduplicationId": message.deduplication_id or envelope_id,
         }
 
-    def _backoff(self, retry: int) -> float:
-        """Full jitter: uniform in [0, cap), the cap doubling from base up to max."""
-        cap = min(self._max_delay_s, self._base_delay_s * 2.0 ** min(retry, 64))
-        return self._random() * cap
-
     async def _send_batch(self, batch: list[_Entry]) -> dict[str, str]:
         """Send one batch, retrying what SQS failed on its side; the envelope ids left
         unpublished, with ``"Code: message"``."""
@@ -313,7 +303,7 @@ class Publisher(AwsAdapter):
         reasons: dict[str, str] = {}
         for attempt in range(self._max_attempts):
             if attempt:
-                await self._sleep(self._backoff(attempt - 1))
+                await self._sleep(self._backoff.delay(attempt - 1))
             entries = [{"Id": entry_id, **e.request} for entry_id, e in pending.items()]
             response = await self._call(
                 "send_message_batch", QueueUrl=self.queue_url, Entries=entries

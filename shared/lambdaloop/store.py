@@ -36,13 +36,13 @@ import datetime as dt
 import functools
 import logging
 import math
-import random as _random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
 from lambdaloop._aws import AwsAdapter
+from lambdaloop.backoff import Backoff
 from lambdaloop.errors import (
     ConditionFailed,
     LambdaloopError,
@@ -71,6 +71,8 @@ T = TypeVar("T")
 _BATCH_GET_LIMIT = 100
 _BATCH_WRITE_LIMIT = 25
 _TRANSACTION_LIMIT = 100
+#: Retries of what a batch call left undone: 50 ms, doubling up to 1 s, full jitter.
+_BACKOFF = Backoff(0.05, 1.0)
 
 #: Error codes that mean "throttled", seen only once botocore's own retries gave up.
 
@@ -197,10 +199,9 @@ class Table(AwsAdapter):
     ``client`` is a boto3 DynamoDB client (low level); by default the environment's
     (:func:`~lambdaloop.clients.aws_client`), built on first use. ``key_schema`` names the
     key attributes, partition key first: :meth:`create` and ``must_exist`` test the
-    partition key, :meth:`batch_write` uses them to refuse duplicate keys. ``sleep``,
-    ``random`` and the delays drive the retries of unprocessed batch requests:
-    ``max_attempts`` calls in all, waiting ``random() * min(max_delay_s, base_delay_s * 2**n)``
-    before retry ``n`` (counted from 0).
+    partition key, :meth:`batch_write` uses them to refuse duplicate keys. What a batch
+    request leaves unprocessed is sent again, ``max_attempts`` calls in all, ``sleep``-ing
+    ``backoff.delay(n)`` before retry ``n``.
     """
 
     def __init__(
@@ -211,24 +212,18 @@ class Table(AwsAdapter):
         key_schema: Sequence[str] = ("pk", "sk"),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_attempts: int = 8,
-        base_delay_s: float = 0.05,
-        max_delay_s: float = 1.0,
-        random: Callable[[], float] = _random.random,
+        backoff: Backoff = _BACKOFF,
     ) -> None:
         if not key_schema:
             raise ValueError("key_schema names at least the partition key")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if not 0 < base_delay_s <= max_delay_s:
-            raise ValueError("delays must satisfy 0 < base_delay_s <= max_delay_s")
         self.name = name
         self.key_schema = tuple(key_schema)
         super().__init__(client)
         self._sleep = sleep
         self._max_attempts = max_attempts
-        self._base_delay_s = base_delay_s
-        self._max_delay_s = max_delay_s
-        self._random = random
+        self._backoff = backoff
 
     service = "dynamodb"
 
@@ -544,11 +539,6 @@ class Table(AwsAdapter):
                 raise ValueError(f"batch_write: key {identity} appears more than once")
             seen.add(identity)
 
-    def _backoff(self, retry: int) -> float:
-        """Full jitter: uniform in [0, cap), the cap doubling from base up to max."""
-        cap = min(self._max_delay_s, self._base_delay_s * 2.0 ** min(retry, 64))
-        return self._random() * cap
-
     async def _retry_unprocessed(
         self,
         pending: list[T],
@@ -558,7 +548,7 @@ class Table(AwsAdapter):
         return what is left."""
         for attempt in range(self._max_attempts):
             if attempt:
-                await self._sleep(self._backoff(attempt - 1))
+                await self._sleep(self._backoff.delay(attempt - 1))
             pending = await send(pending)
             if not pending:
                 break

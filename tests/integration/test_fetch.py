@@ -163,7 +163,7 @@ def options(site: Site, *extra_ports: int, **kwargs: object) -> FetchOptions:
 
 
 def fetch(site: Site, path: str, sleeps: Sleeps | None = None, **kwargs: object) -> FetchResult:
-    fetcher = Fetcher(sleep=sleeps or Sleeps(), rand=lambda: 0.5)
+    fetcher = Fetcher(sleep=sleeps or Sleeps(), random=lambda: 0.5)
     return run(fetcher.fetch_one(site.url(path), options(site, **kwargs)))
 
 

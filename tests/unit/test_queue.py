@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
+from lambdaloop.backoff import Backoff
 from lambdaloop.errors import (
     DependencyError,
     DependencyTimeout,
@@ -166,7 +167,7 @@ def test_entries_failed_by_sqs_are_retried_alone_with_capped_jittered_backoff() 
     flaky = [("InternalError", False), ("ServiceUnavailable", False)]
     client = FakeSQS(failures={"e3": list(flaky), "e7": list(flaky)})
     sleep = RecordingSleep()
-    publisher = make_publisher(client, sleep, random=lambda: 0.5, max_delay_s=0.08)
+    publisher = make_publisher(client, sleep, backoff=Backoff(0.05, 0.08, random=lambda: 0.5))
 
     # When
     ids = run(publisher.publish_many(messages(10)))

@@ -20,6 +20,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from lambdaloop.backoff import Backoff
 from lambdaloop.clients import aclose_clients
 from lambdaloop.errors import (
     ConditionFailed,
@@ -236,7 +237,7 @@ def test_retry_delays_double_from_the_base_up_to_the_cap() -> None:
     client = FakeDynamoDB(stingy_calls=1_000)
     sleep = RecordingSleep()
     table = make_table(
-        client, sleep, max_attempts=7, base_delay_s=0.05, max_delay_s=0.3, random=lambda: 1.0
+        client, sleep, max_attempts=7, backoff=Backoff(0.05, 0.3, random=lambda: 1.0)
     )
 
     run(table.batch_write(puts=items(10)))
@@ -247,7 +248,7 @@ def test_retry_delays_double_from_the_base_up_to_the_cap() -> None:
 def test_retry_delays_are_jittered_between_zero_and_the_cap() -> None:
     client = FakeDynamoDB(stingy_calls=1_000)
     sleep = RecordingSleep()
-    table = make_table(client, sleep, max_attempts=8, base_delay_s=0.01, max_delay_s=0.1)
+    table = make_table(client, sleep, max_attempts=8, backoff=Backoff(0.01, 0.1))
 
     run(table.batch_get(keys(20)))
 
@@ -269,8 +270,6 @@ def test_a_single_attempt_never_sleeps() -> None:
     ("options", "problem"),
     [
         ({"max_attempts": 0}, "max_attempts"),
-        ({"base_delay_s": 0}, "delays"),
-        ({"base_delay_s": 2.0}, "delays"),
         ({"key_schema": ()}, "partition key"),
     ],
 )
