@@ -21,7 +21,7 @@ import functools
 import hashlib
 import json
 import logging
-import random
+import random as _random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
@@ -75,7 +75,7 @@ class Cache:
         client: redis.asyncio.Redis | None = None,
         breaker: CircuitBreaker | None = None,
         enabled: bool = True,
-        random_source: Callable[[], float] = random.random,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         if not 0 <= jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
@@ -86,7 +86,7 @@ class Cache:
         self.enabled = enabled
         self.breaker = breaker or CircuitBreaker(f"redis cache {namespace!r}")
         self._client = client
-        self._random = random_source
+        self._random = random
 
     def key(self, *parts: Any) -> str:
         return stable_key(self.namespace, self.version, *parts)

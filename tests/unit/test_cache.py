@@ -67,8 +67,8 @@ def test_values_round_trip_and_none_is_not_a_miss(redis: CountingRedis) -> None:
 
 
 def test_ttl_has_jitter_within_bounds(redis: CountingRedis) -> None:
-    lows = make_cache(redis, ttl_s=100, jitter=0.1, random_source=lambda: 0.0)
-    highs = make_cache(redis, ttl_s=100, jitter=0.1, random_source=lambda: 0.999)
+    lows = make_cache(redis, ttl_s=100, jitter=0.1, random=lambda: 0.0)
+    highs = make_cache(redis, ttl_s=100, jitter=0.1, random=lambda: 0.999)
 
     async def scenario() -> tuple[int, int]:
         await lows.set("low", 1)
