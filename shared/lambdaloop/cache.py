@@ -8,22 +8,20 @@
 - Every Redis fault (refused, reset, timeout) is absorbed: the call reports a miss or does
   nothing, the error is counted in a metric, and a :class:`CircuitBreaker` stops calling Redis
   for a cool-down after repeated failures, then probes again. The source of truth answers.
-- :class:`CacheAside` (and the :func:`cached` decorator on it) reads through the cache with
-  single-flight: concurrent misses on one key in an environment cause one source read; an
-  optional short Redis lock does the same across environments.
+- :class:`CacheAside` reads through the cache with single-flight: concurrent misses on one
+  key in an environment cause one source read.
 - ``None`` is a value: callers cache "known absent" with it. A miss is :data:`MISS`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
 import random as _random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pydantic_core import from_json, to_json
 
@@ -33,11 +31,10 @@ from lambdaloop.clients import redis_client
 if TYPE_CHECKING:
     import redis.asyncio
 
-__all__ = ["MISS", "Cache", "CacheAside", "cached", "stable_key"]
+__all__ = ["MISS", "Cache", "CacheAside", "stable_key"]
 
 logger = logging.getLogger(__name__)
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -175,19 +172,6 @@ class Cache:
         if keys:
             await self._call("DEL", lambda r: r.delete(*keys), None)
 
-    async def acquire_lock(self, key: str, ttl_s: float) -> bool:
-        """A short lock on ``key`` for cross-environment stampede protection.
-
-        True when this caller should load the value: it won the lock, or Redis cannot say
-        (a cache outage must never block the source).
-        """
-
-        async def lock(r: redis.asyncio.Redis) -> bool:
-            ttl_ms = max(1, int(ttl_s * 1000))
-            return bool(await r.set(f"{key}:lock", b"1", px=ttl_ms, nx=True))
-
-        return await self._call("SET NX (lock)", lock, True)
-
 
 def _is_redis_fault(exc: BaseException) -> bool:
     import redis.exceptions
@@ -246,18 +230,9 @@ def _succeeded(task: asyncio.Task[Any]) -> bool:
 class CacheAside:
     """Read through ``cache``: hit, or one load from the source per key, then a fill."""
 
-    def __init__(
-        self,
-        cache: Cache,
-        *,
-        ttl_s: float | None = None,
-        lock_ttl_s: float | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, cache: Cache, *, ttl_s: float | None = None) -> None:
         self.cache = cache
         self.ttl_s = ttl_s
-        self.lock_ttl_s = lock_ttl_s
-        self._sleep = sleep
         self._flights = _SingleFlight()
 
     async def get_or_load(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
@@ -268,46 +243,6 @@ class CacheAside:
         return await self._flights.do(key, lambda: self._load(key, load), since)
 
     async def _load(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
-        if self.lock_ttl_s and not await self.cache.acquire_lock(key, self.lock_ttl_s):
-            filled = await self._wait_for_fill(key, self.lock_ttl_s)
-            if filled is not MISS:
-                return filled  # type: ignore[no-any-return]
         value = await load()
         await self.cache.set(key, value, ttl_s=self.ttl_s, only_if_absent=True)
         return value
-
-    async def _wait_for_fill(self, key: str, budget_s: float) -> Any:
-        # Another environment holds the lock and is loading: poll its fill, with backoff,
-        # for at most the lock's lifetime, then load anyway.
-        delay, waited = 0.01, 0.0
-        while waited < budget_s:
-            await self._sleep(delay)
-            waited += delay
-            value = await self.cache.get(key)
-            if value is not MISS:
-                return value
-            delay = min(delay * 2, 0.1)
-        return MISS
-
-
-def cached(
-    cache: Cache,
-    *,
-    key: Callable[P, Sequence[Any]],
-    ttl_s: float | None = None,
-    lock_ttl_s: float | None = None,
-) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """Cache-aside for an async function; ``key`` maps its arguments to the key's parts."""
-
-    def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        aside = CacheAside(cache, ttl_s=ttl_s, lock_ttl_s=lock_ttl_s)
-
-        @functools.wraps(fn)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await aside.get_or_load(
-                cache.key(*key(*args, **kwargs)), lambda: fn(*args, **kwargs)
-            )
-
-        return wrapper
-
-    return decorate

@@ -12,7 +12,7 @@ import pytest
 
 from fakes import CountingRedis
 from lambdaloop.breaker import CircuitBreaker
-from lambdaloop.cache import MISS, Cache, CacheAside, cached, stable_key
+from lambdaloop.cache import MISS, Cache, CacheAside, stable_key
 from support import run
 
 
@@ -231,52 +231,6 @@ def test_a_straggler_of_a_stampede_takes_the_load_that_landed_during_its_request
     # Then the straggler shares the landed load; the later caller loads afresh
     assert (first, late, after) == ({"id": 1}, {"id": 1}, {"id": 2})
     assert reads == 2
-
-
-def test_the_redis_lock_makes_other_environments_wait_for_the_fill(
-    redis: CountingRedis,
-) -> None:
-    # Two environments: each has its own CacheAside (its own single-flight), one Redis.
-    sleeps: list[float] = []
-    first = CacheAside(make_cache(redis), lock_ttl_s=1.0)
-    second_cache = make_cache(redis)
-
-    async def record_sleep(delay: float) -> None:
-        sleeps.append(delay)
-        if len(sleeps) == 2:  # meanwhile the lock holder fills the cache
-            await second_cache.set("k", "from the lock holder")
-
-    second = CacheAside(second_cache, lock_ttl_s=1.0, sleep=record_sleep)
-    loads: list[str] = []
-
-    async def load(name: str) -> str:
-        loads.append(name)
-        return name
-
-    async def scenario() -> str:
-        assert await redis.set("k:lock", b"1", px=1000, nx=True)  # held by another environment
-        return await second.get_or_load("k", lambda: load("second"))
-
-    assert run(scenario()) == "from the lock holder"
-    assert loads == []
-    assert len(sleeps) == 2
-    assert first.lock_ttl_s == 1.0
-
-
-def test_the_decorator(redis: CountingRedis) -> None:
-    cache = make_cache(redis)
-    calls: list[int] = []
-
-    @cached(cache, key=lambda user_id: ("user", user_id))
-    async def load_user(user_id: int) -> dict[str, int]:
-        calls.append(user_id)
-        return {"id": user_id}
-
-    async def scenario() -> list[dict[str, int]]:
-        return [await load_user(1), await load_user(1), await load_user(2)]
-
-    assert run(scenario()) == [{"id": 1}, {"id": 1}, {"id": 2}]
-    assert calls == [1, 2]
 
 
 def test_a_probe_cancelled_midway_does_not_wedge_the_circuit(redis: CountingRedis) -> None:
