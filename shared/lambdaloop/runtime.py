@@ -9,9 +9,8 @@ and nothing started by an invocation may still be running when its response is r
 - :func:`lambda_handler` turns ``async def handler(event, context)`` into a Lambda handler.
 - :func:`invocation` is the scope both use: it builds the :class:`Deadline` from the Lambda
   context and a :class:`TaskRegistry`; every task created during the invocation, by our code
-  or a library, is tracked. When the handler is done, the tasks it :func:`spawn`-ed are
-  awaited until the deadline and everything else still running is cancelled, so nothing
-  leaks into the next invocation.
+  or a library, is tracked. When the handler is done, whatever is still running is
+  cancelled, so nothing leaks into the next invocation.
 - :func:`budget` bounds the calls made inside it (the layer's AWS adapters ask
   :func:`call_deadline`) more tightly than the invocation, so a request answers "try again"
   itself instead of running into Lambda's timeout; :func:`beyond_budget` lifts the bound for
@@ -41,7 +40,6 @@ __all__ = [
     "Deadline",
     "Invocation",
     "LambdaContext",
-    "SettleReport",
     "TaskRegistry",
     "beyond_budget",
     "budget",
@@ -53,7 +51,6 @@ __all__ = [
     "invocation",
     "lambda_handler",
     "pause_gc_for_init",
-    "spawn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,20 +113,12 @@ class Deadline:
         return None if math.isinf(left) else left
 
 
-@dataclass(frozen=True, slots=True)
-class SettleReport:
-    finished: int
-    cancelled: tuple[str, ...]
-    failed: tuple[str, ...]
-
-
 class TaskRegistry:
     """The tasks created during one invocation (the loop's task factory records them).
 
-    Tasks started with :func:`spawn` are work the invocation owns: they are awaited until
-    the deadline, and a failure is logged (nobody else awaits them). Any other task still
-    running when the handler is done (a forgotten ``create_task``, a library's helper) is
-    cancelled at once, so it never runs on in the next invocation.
+    Whatever is still running when the handler is done (a forgotten ``create_task``, a
+    library's helper) is cancelled at once, so it never runs on in the next invocation:
+    work the response depends on is awaited by the handler itself.
     """
 
     def __init__(self) -> None:
@@ -139,51 +128,24 @@ class TaskRegistry:
         # tasks still running.
         self._tasks: list[asyncio.Task[Any]] = []
         self._compact_at = _COMPACT_MIN
-        self._owned: set[asyncio.Task[Any]] = set()
-        self._finished = 0
-        self._failed: list[str] = []
 
-    def track(self, task: asyncio.Task[Any], *, owned: bool = False) -> None:
-        if owned:
-            self._owned.add(task)
-            task.add_done_callback(self._owned_done)
+    def track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.append(task)
         if len(self._tasks) >= self._compact_at:
             self._tasks = [t for t in self._tasks if not t.done()]
             self._compact_at = max(_COMPACT_MIN, 2 * len(self._tasks))
-
-    def _owned_done(self, task: asyncio.Task[Any]) -> None:
-        if task not in self._owned:
-            return  # already reported (settle() got there before this callback)
-        self._owned.discard(task)
-        if task.cancelled():
-            return
-        self._finished += 1
-        if (exc := task.exception()) is not None:
-            logger.error("background task %s failed", task.get_name(), exc_info=exc)
-            self._failed.append(task.get_name())
 
     @property
     def pending(self) -> frozenset[asyncio.Task[Any]]:
         return frozenset(t for t in self._tasks if not t.done())
 
     @property
-    def unsettled(self) -> bool:
-        """Anything to wait for, cancel or report before the invocation may end."""
-        return bool(self._owned) or any(not t.done() for t in self._tasks)
+    def running(self) -> bool:
+        return any(not t.done() for t in self._tasks)
 
-    async def settle(self, deadline: Deadline) -> SettleReport:
-        """Await the owned tasks until ``deadline``, then cancel whatever is left.
-
-        Owned tasks may spawn more while they finish, so the wait repeats until none is
-        left. Every owned task's outcome is reported before this returns.
-        """
-        me = asyncio.current_task()
-        while owned := {t for t in self._owned if not t.done()} - {me}:
-            done, _ = await asyncio.wait(owned, timeout=deadline.timeout())
-            if not done:
-                break  # the deadline passed
-        cancelled = list(self.pending - {me})
+    async def cancel_pending(self) -> tuple[str, ...]:
+        """Cancel the tasks still running and wait (briefly) for them to end; their names."""
+        cancelled = list(self.pending - {asyncio.current_task()})
         for task in cancelled:
             task.cancel()
         if cancelled:
@@ -193,14 +155,8 @@ class TaskRegistry:
                 len(cancelled),
                 ", ".join(t.get_name() for t in cancelled),
             )
-        for task in [t for t in self._owned if t.done()]:
-            self._owned_done(task)  # done, but its callback has not had its turn yet
-        report = SettleReport(
-            self._finished, tuple(t.get_name() for t in cancelled), tuple(self._failed)
-        )
         self._tasks.clear()
-        self._owned.clear()
-        return report
+        return tuple(t.get_name() for t in cancelled)
 
 
 @dataclass(slots=True)
@@ -330,20 +286,11 @@ def call_deadline() -> Deadline:
     return bound
 
 
-def spawn(work: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
-    """Start ``work`` as a task the current invocation owns: the invocation does not end
-    before it finishes, unless the deadline comes first (then it is cancelled)."""
-    owner = current_invocation()
-    task = asyncio.get_running_loop().create_task(work, name=name)
-    owner.tasks.track(task, owned=True)
-    return task
-
-
 @contextlib.contextmanager
 def invocation(context: object) -> Iterator[Invocation]:
     """The scope of one invocation, entered from the (synchronous) Lambda handler.
 
-    On exit, tasks the invocation left behind are settled on the loop before the handler
+    On exit, tasks the invocation left behind are cancelled on the loop before the handler
     returns: after that the environment may be frozen at any moment.
 
     The first invocation also ends the cold start for the garbage collector: what init
@@ -367,8 +314,8 @@ def invocation(context: object) -> Iterator[Invocation]:
         yield current
     finally:
         try:
-            if current.tasks.unsettled:  # the common case: nothing, so no extra loop run
-                loop.run_until_complete(current.tasks.settle(current.deadline))
+            if current.tasks.running:  # the common case: none, so no extra loop run
+                loop.run_until_complete(current.tasks.cancel_pending())
             flush_metrics()
         finally:
             _current.reset(token)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from typing import Any
 
@@ -20,7 +19,6 @@ from lambdaloop.runtime import (
     current_invocation,
     get_loop,
     lambda_handler,
-    spawn,
 )
 from support import lambda_context
 
@@ -54,22 +52,6 @@ def test_a_task_left_running_is_cancelled_when_the_invocation_ends() -> None:
     assert leftovers[1].cancelled()
 
 
-def test_tracked_tasks_that_can_finish_are_awaited_before_returning() -> None:
-    finished: list[str] = []
-
-    async def write_audit_record() -> None:
-        await asyncio.sleep(0.01)
-        finished.append("audit")
-
-    @lambda_handler
-    async def handler(event: Any, context: Any) -> str:
-        spawn(write_audit_record(), name="audit")
-        return "ok"
-
-    assert handler({}, lambda_context()) == "ok"
-    assert finished == ["audit"]
-
-
 def test_tasks_spawned_by_tasks_are_tracked_too() -> None:
     inner: list[asyncio.Task[None]] = []
 
@@ -84,23 +66,6 @@ def test_tasks_spawned_by_tasks_are_tracked_too() -> None:
 
     assert len(inner) == 1
     assert inner[0].cancelled()
-
-
-def test_a_failed_background_task_is_logged_not_raised(
-    layer_caplog: pytest.LogCaptureFixture,
-) -> None:
-    async def fails() -> None:
-        raise ValueError("boom")
-
-    @lambda_handler
-    async def handler(event: Any, context: Any) -> str:
-        spawn(fails(), name="fails")
-        return "ok"
-
-    with layer_caplog.at_level(logging.ERROR, logger="lambdaloop.runtime"):
-        assert handler({}, lambda_context()) == "ok"
-
-    assert any("fails" in r.getMessage() and r.exc_info for r in layer_caplog.records)
 
 
 def test_a_handler_that_runs_into_its_deadline_raises_deadline_exceeded() -> None:
@@ -140,19 +105,6 @@ def test_deadline_from_a_context() -> None:
     assert not deadline.expired
     assert Deadline.from_context(object(), margin_s=0.5).timeout() is None
     assert Deadline.after(0).expired
-
-
-def test_spawned_work_that_outlasts_the_deadline_is_cancelled() -> None:
-    owned: list[asyncio.Task[None]] = []
-
-    @lambda_handler
-    async def handler(event: Any, context: Any) -> str:
-        owned.append(spawn(asyncio.sleep(3600), name="too-long"))
-        return "ok"
-
-    # 0.8 s for Lambda, 0.5 s of margin: the spawned work gets 0.3 s, then it is cancelled.
-    assert handler({}, lambda_context(timeout_s=0.8)) == "ok"
-    assert owned[0].cancelled()
 
 
 def test_a_budget_bounds_calls_tighter_than_the_invocation_and_lifts_for_cleanup() -> None:
