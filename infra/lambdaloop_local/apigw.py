@@ -9,12 +9,26 @@ A route with a JWT authorizer (the event's ``Auth``, or the API's ``DefaultAutho
 checked before its function is invoked (``lambdaloop_local.auth``): a missing or bad token is
 API Gateway's 401, a token without the route's scopes its 403, and the function never runs;
 an accepted token's claims are in ``requestContext.authorizer.jwt``.
+
+What API Gateway does not pass on, it answers itself, in JSON (``lambdaloop_local.apigw_http``).
+Where this gateway knowingly differs from API Gateway HTTP API:
+- AWS documents the quotas (payload 10 MB, request line and header values 10240 bytes) but
+  not the answers: here 413, 414 (the request line alone) or 431, as the RFCs name them. A
+  method the HTTP parser does not know (``FOO``) is 501 (RFC 9110); a method it knows
+  (``TRACE``) reaches an ``ANY`` route's function. A bare CR or another malformed head is 400.
+- Which bodies are base64-encoded is not documented either: as observed on AWS, every body
+  but ``text/*``, ``application/json``, ``application/xml`` and ``application/javascript``
+  ones; and here a text body that is not UTF-8 too (JSON events cannot carry its bytes).
+- HTTP API's client timeouts are not published: a head that is not complete within
+  ``idle_timeout_s`` closes the connection silently, a body not complete within
+  ``body_timeout_s`` gets 408 and the connection closed.
+- Not emulated: Lambda's 6 MB invocation payload limit, more than 128 header lines (400 here),
+  HTTP/2, TLS, custom domains and stages other than ``$default``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 import time
@@ -26,6 +40,13 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from lambdaloop_local.apigw_http import (
+    GatewayLimits,
+    GatewayServer,
+    gateway_error,
+    head_too_large,
+    read_body,
+)
 from lambdaloop_local.auth import Authorized, JwtAuthorizer, Refusal, RouteAuth, route_auth
 from lambdaloop_local.context import ACCOUNT_ID
 from lambdaloop_local.functions import InvocationError
@@ -38,6 +59,7 @@ __all__ = [
     "find_route",
     "http_api_routes",
     "make_app",
+    "make_server",
     "match_route",
 ]
 
@@ -45,17 +67,9 @@ logger = logging.getLogger(__name__)
 
 Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
-#: API Gateway's payload limit for a request body.
-_MAX_BODY = 10 * 1024 * 1024
-_TEXT_TYPES = (
-    "text/",
-    "application/json",
-    "application/xml",
-    "application/javascript",
-    "+json",
-    "+xml",
-    "application/x-www-form-urlencoded",
-)
+#: The media types whose bodies HTTP API passes as text (besides ``text/*``), as observed
+#: on AWS: every other one, form data included, arrives base64-encoded.
+_TEXT_TYPES = frozenset({"application/json", "application/xml", "application/javascript"})
 _API_ID = "local"
 
 
@@ -157,7 +171,19 @@ def authorize(
 
 
 def _is_text(content_type: str) -> bool:
-    return any(marker in content_type for marker in _TEXT_TYPES)
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type.startswith("text/") or media_type in _TEXT_TYPES
+
+
+def _body_field(content_type: str, body: bytes) -> tuple[str, bool]:
+    """The event's ``body`` and ``isBase64Encoded``: text as it came, anything else (a
+    binary type, or text that is not UTF-8) base64-encoded."""
+    if _is_text(content_type):
+        try:
+            return body.decode(), False
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(body).decode(), True
 
 
 def build_event(
@@ -185,7 +211,7 @@ def build_event(
     for name, value in parse_qsl(raw_query, keep_blank_values=True):
         query[name] = f"{query[name]},{value}" if name in query else value
     now = time.time()
-    text = _is_text(merged.get("content-type", "")) if body else True
+    text, encoded = _body_field(merged.get("content-type", ""), body) if body else ("", False)
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route.route_key,
@@ -210,7 +236,7 @@ def build_event(
             "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
             "timeEpoch": int(now * 1000),
         },
-        "isBase64Encoded": not text,
+        "isBase64Encoded": encoded,
     }
     if cookies:
         event["cookies"] = cookies
@@ -219,16 +245,8 @@ def build_event(
     if path_parameters:
         event["pathParameters"] = dict(path_parameters)
     if body:
-        event["body"] = body.decode() if text else base64.b64encode(body).decode()
+        event["body"] = text
     return event
-
-
-def _gateway_error(
-    status: int, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    # API Gateway's own answers are compact JSON: {"message":"Not Found"}.
-    body = json.dumps({"message": message}, separators=(",", ":"))
-    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
 def to_response(result: Any) -> web.Response:
@@ -248,20 +266,26 @@ def to_response(result: Any) -> web.Response:
     return response
 
 
-def make_app(
-    routes: list[HttpRoute], invoke: Invoke, authorizer: JwtAuthorizer | None = None
-) -> web.Application:
-    """An aiohttp app that serves ``routes`` by invoking their functions; ``authorizer``
-    checks the tokens of the routes that have one (required when a route has one)."""
+def _handler(
+    routes: list[HttpRoute],
+    invoke: Invoke,
+    authorizer: JwtAuthorizer | None,
+    limits: GatewayLimits,
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
     if authorizer is None and (guarded := [r.route_key for r in routes if r.auth]):
         raise ValueError(f"routes with an authorizer need a JwtAuthorizer: {guarded}")
 
-    async def handle(request: web.Request) -> web.StreamResponse:
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        refused = head_too_large(request, limits.head_bytes)
+        if refused is not None:
+            return refused
         found = match_route(routes, request.method, request.path)
         if found is None:
-            return _gateway_error(404, "Not Found")
+            return gateway_error(404, "Not Found")
         route, parameters = found
-        body = await request.read()
+        body = await read_body(request, limits)
+        if isinstance(body, web.StreamResponse):
+            return body
         event = build_event(
             route,
             parameters,
@@ -277,18 +301,53 @@ def make_app(
             logger.info(
                 "%s %s: %s %s", request.method, request.path, refusal.status, refusal.reason
             )
-            return _gateway_error(refusal.status, refusal.message, refusal.headers)
-        try:
-            result = await invoke(route.function, event)
-        except InvocationError as exc:
-            logger.error("%s failed: %s", route.function, exc)
-            return _gateway_error(500, "Internal Server Error")
-        try:
-            return to_response(result)
-        except (TypeError, ValueError) as exc:
-            logger.error("%s returned a malformed response: %s", route.function, exc)
-            return _gateway_error(500, "Internal Server Error")
+            return gateway_error(refusal.status, refusal.message, refusal.headers)
+        return await _invoke_route(invoke, route, event)
 
-    app = web.Application(client_max_size=_MAX_BODY)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    return handle
+
+
+async def _invoke_route(invoke: Invoke, route: HttpRoute, event: dict[str, Any]) -> web.Response:
+    try:
+        result = await invoke(route.function, event)
+    except InvocationError as exc:
+        logger.error("%s failed: %s", route.function, exc)
+        return gateway_error(500, "Internal Server Error")
+    try:
+        return to_response(result)
+    except (TypeError, ValueError) as exc:
+        logger.error("%s returned a malformed response: %s", route.function, exc)
+        return gateway_error(500, "Internal Server Error")
+
+
+def make_server(
+    routes: list[HttpRoute],
+    invoke: Invoke,
+    authorizer: JwtAuthorizer | None = None,
+    limits: GatewayLimits | None = None,
+) -> GatewayServer:
+    """The gateway: serves ``routes`` by invoking their functions, within API Gateway's
+    ``limits``, and answers bad requests itself in JSON; serve it with ``web.ServerRunner``.
+    ``authorizer`` checks the tokens of the routes that have one (required when one has)."""
+    limits = limits or GatewayLimits()
+    return GatewayServer(_handler(routes, invoke, authorizer, limits), limits)
+
+
+def make_app(
+    routes: list[HttpRoute],
+    invoke: Invoke,
+    authorizer: JwtAuthorizer | None = None,
+    limits: GatewayLimits | None = None,
+) -> web.Application:
+    """The gateway's routing, limits and events in an aiohttp app (to mount elsewhere):
+    requests that aiohttp's parser refuses are answered by aiohttp, not in API Gateway's
+    JSON; :func:`make_server` answers them too."""
+    handle = _handler(routes, invoke, authorizer, limits or GatewayLimits())
+    app = web.Application()
+    # The handler answers Expect: 100-continue itself, once it knows the body is welcome.
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_continue)
     return app
+
+
+async def _no_continue(request: web.Request) -> None:
+    return None

@@ -116,9 +116,9 @@ async def _serve_bundle(args: argparse.Namespace, stack: LocalStack) -> int:
     """``dev``: the API on ``args.port`` and the event source pollers, over the stack."""
     from aiohttp import web
 
-    from lambdaloop_local.apigw import http_api_routes, make_app
+    from lambdaloop_local.apigw import http_api_routes, make_server
 
-    runner: web.AppRunner | None = None
+    runner: web.ServerRunner | None = None
     stop = asyncio.Event()
     pollers: list[asyncio.Task[None]] = []
     try:
@@ -135,7 +135,7 @@ async def _serve_bundle(args: argparse.Namespace, stack: LocalStack) -> int:
         streams = stack.stream_event_sources()
         pollers = [asyncio.create_task(source.run(stop)) for source in sources]
         pollers += [asyncio.create_task(stream.run(stop)) for stream in streams]
-        runner = web.AppRunner(make_app(routes, invoke, authorizer), access_log=None)
+        runner = web.ServerRunner(make_server(routes, invoke, authorizer))
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         api_url = f"http://{args.host}:{args.port}"

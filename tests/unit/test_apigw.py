@@ -44,6 +44,7 @@ def test_the_templates_routes() -> None:
         "GET /health",
         "GET /docs",
         "GET /docs/oauth2-redirect",
+        "GET /docs/assets/{asset}",
         "GET /openapi.json",
         "GET /users/batch",
         "POST /users/batch",
@@ -119,3 +120,46 @@ def test_bodies_are_text_or_base64_by_content_type() -> None:
     assert (as_json["body"], as_json["isBase64Encoded"]) == ('{"a":1}', False)
     assert as_binary["isBase64Encoded"] is True
     assert base64.b64decode(as_binary["body"]) == b"\x89PNG"
+
+
+def _posted(content_type: str | None, body: bytes) -> dict[str, object]:
+    route = HttpRoute.parse("ANY", "/{proxy+}", "F")
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    return build_event(
+        route,
+        {},
+        method="POST",
+        path="/x",
+        raw_query="",
+        headers=headers,
+        body=body,
+        source_ip="127.0.0.1",
+    )
+
+
+def test_only_api_gateways_text_types_are_passed_as_text() -> None:
+    text = ["text/plain", "TEXT/CSV", "application/json; charset=UTF-8", "application/xml"]
+    text.append("application/javascript")
+    binary: list[str | None] = ["application/octet-stream", "application/x-www-form-urlencoded"]
+    binary += [None, "application/problem+json", "image/svg+xml", "multipart/form-data; b=x"]
+
+    for text_type in text:
+        assert _posted(text_type, b"a=1")["isBase64Encoded"] is False, text_type
+    for content_type in binary:
+        event = _posted(content_type, b"a=1")
+        assert event["isBase64Encoded"] is True, content_type
+        assert event["body"] == base64.b64encode(b"a=1").decode()
+
+
+def test_a_text_body_that_is_not_utf8_is_base64_encoded() -> None:
+    event = _posted("application/json", b'{"name": "\xff\xfe"}')
+
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(str(event["body"])) == b'{"name": "\xff\xfe"}'
+
+
+def test_an_empty_body_is_no_body() -> None:
+    event = _posted("application/octet-stream", b"")
+
+    assert "body" not in event
+    assert event["isBase64Encoded"] is False
