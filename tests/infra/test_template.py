@@ -733,6 +733,7 @@ ROUTE_SCOPES: dict[str, str | None] = {
     "GET /health": None,
     "GET /docs": None,
     "GET /docs/oauth2-redirect": None,
+    "GET /docs/assets/{asset}": None,
     "GET /openapi.json": None,
     "GET /users/batch": "lambdaloop/users.read",
     "GET /users/{user_id}": "lambdaloop/users.read",

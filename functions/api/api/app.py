@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 import lambdaloop
-from api import system
+from api import docs, system
 from api.idempotency import OPENAPI_PARAMETER, IdempotencyMiddleware
 from api.jobs import routes as jobs_routes
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -34,8 +34,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         title="lambdaloop",
         version=lambdaloop.__version__,
         redoc_url=None,
+        docs_url=None,  # docs.install: Swagger UI offline in local mode
     )
     install_problem_handlers(app)
+    docs.install(app)
     system.install(app.router)
     users_routes.install(app.router)
     notifications_routes.install(app.router)
