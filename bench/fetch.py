@@ -88,8 +88,8 @@ def server() -> Iterator[int]:
 
 
 async def lambdaloop_run(urls: list[str], concurrency: int, port: int, fresh: bool) -> float:
-    from lambdaloop.fetch import Fetcher, FetchOptions, aclose_sessions
-    from lambdaloop.ssrf import Policy
+    from lambdaloop.fetch import Fetcher, FetchOptions
+    from lambdaloop.ssrf import Policy, aclose_sessions
 
     if fresh:
         await aclose_sessions()
@@ -138,8 +138,8 @@ Samples = dict[tuple[int, int, str, str], list[float]]  # (N, C, peer, cold|warm
 
 
 def measure(port: int, runs: int) -> Samples:
-    from lambdaloop.fetch import aclose_sessions
     from lambdaloop.runtime import get_loop
+    from lambdaloop.ssrf import aclose_sessions
 
     loop = get_loop()
     plain, floor = Plain(), Plain(limit=MAX_LIMIT)

@@ -41,9 +41,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lambdaloop.backoff import Backoff
+from lambdaloop.http_outcome import Verdict, classify
 from lambdaloop.runtime import current_deadline
-from lambdaloop.ssrf import Blocked, Policy, guarded_connector
-from lambdaloop.webhooks import Verdict, classify
+from lambdaloop.ssrf import SESSION_CONNECTIONS, Blocked, Policy, guarded_session
 
 if TYPE_CHECKING:
     import aiohttp
@@ -56,12 +56,10 @@ __all__ = [
     "FetchOptions",
     "FetchResult",
     "Fetcher",
-    "aclose_sessions",
-    "guarded_session",
 ]
 
-#: The largest ``concurrency`` a job may ask for, and the connector limit of the sessions.
-MAX_CONCURRENCY = 200
+#: The largest ``concurrency`` a job may ask for: the guarded sessions' connection limit.
+MAX_CONCURRENCY = SESSION_CONNECTIONS
 #: What :attr:`FetchError.code` can be.
 ERROR_CODES = frozenset(
     {
@@ -79,9 +77,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 _MESSAGE_MAX = 200
 _Bytes = bytes  # FetchResult.bytes (the size) shadows the type inside that class
-
-# cache: policy -> (the loop the session is bound to, session)
-_sessions: dict[Policy, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,34 +152,6 @@ class FetchOptions:
         if min(self.connect_timeout_s, self.total_timeout_s) <= 0:
             raise ValueError("timeouts must be positive")
         Backoff(self.backoff_base_s, self.backoff_cap_s)  # its checks
-
-
-def guarded_session(policy: Policy) -> aiohttp.ClientSession:
-    """The environment's session for ``policy``, on this loop: its connector refuses
-    addresses the policy forbids and allows :data:`MAX_CONCURRENCY` connections."""
-    loop = asyncio.get_running_loop()
-    cached = _sessions.get(policy)
-    if cached is not None and cached[0] is loop and not cached[1].closed:
-        return cached[1]
-    import aiohttp
-
-    connector = guarded_connector(
-        policy, limit=MAX_CONCURRENCY, limit_per_host=0, ttl_dns_cache=300
-    )
-    session = aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None), raise_for_status=False
-    )
-    _sessions[policy] = (loop, session)
-    return session
-
-
-async def aclose_sessions() -> None:
-    """Close the sessions built on this loop (for tests; Lambda never shuts down)."""
-    loop = asyncio.get_running_loop()
-    for policy, (owner, session) in list(_sessions.items()):
-        if owner is loop:
-            del _sessions[policy]
-            await session.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,6 @@ async def _close_clients() -> None:
     clients = sys.modules.get("lambdaloop.clients")
     if clients is not None:
         await clients.aclose_clients()
-    fetch = sys.modules.get("lambdaloop.fetch")
-    if fetch is not None:
-        await fetch.aclose_sessions()
+    ssrf = sys.modules.get("lambdaloop.ssrf")
+    if ssrf is not None:
+        await ssrf.aclose_sessions()

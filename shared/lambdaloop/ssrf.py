@@ -53,6 +53,7 @@ Only the standard library and aiohttp (with its yarl) are used; both are importe
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import ipaddress
@@ -73,7 +74,20 @@ if TYPE_CHECKING:
     from aiohttp.client_reqrep import ClientRequest
     from aiohttp.tracing import Trace
 
-__all__ = ["Blocked", "Policy", "guarded_connector"]
+__all__ = [
+    "SESSION_CONNECTIONS",
+    "Blocked",
+    "Policy",
+    "aclose_sessions",
+    "guarded_connector",
+    "guarded_session",
+]
+
+#: The connection limit of a :func:`guarded_session` (aiohttp's default, 100, would quietly
+#: cap a larger fan-out below what its semaphores allow).
+SESSION_CONNECTIONS = 200
+# policy -> (the loop the session is bound to, the session): one per environment and policy.
+_sessions: dict[Policy, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = {}
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -403,3 +417,31 @@ def _guarded_connector_class() -> Callable[..., aiohttp.TCPConnector]:
             return results
 
     return GuardedConnector
+
+
+def guarded_session(policy: Policy) -> aiohttp.ClientSession:
+    """The environment's session for ``policy``, on this loop: its connector refuses
+    addresses the policy forbids and allows :data:`SESSION_CONNECTIONS` connections."""
+    loop = asyncio.get_running_loop()
+    cached = _sessions.get(policy)
+    if cached is not None and cached[0] is loop and not cached[1].closed:
+        return cached[1]
+    import aiohttp
+
+    connector = guarded_connector(
+        policy, limit=SESSION_CONNECTIONS, limit_per_host=0, ttl_dns_cache=300
+    )
+    session = aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None), raise_for_status=False
+    )
+    _sessions[policy] = (loop, session)
+    return session
+
+
+async def aclose_sessions() -> None:
+    """Close the sessions built on this loop (for tests; Lambda never shuts down)."""
+    loop = asyncio.get_running_loop()
+    for policy, (owner, session) in list(_sessions.items()):
+        if owner is loop:
+            del _sessions[policy]
+            await session.close()

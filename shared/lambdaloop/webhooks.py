@@ -12,10 +12,10 @@ A receiver verifies with :func:`verify`, or in any language: recompute the HMAC 
 timestamp header, a dot and the raw body, compare in constant time, check the timestamp.
 
 :func:`post` makes one attempt and says what it means for the sender
-(:class:`Attempt`): 2xx is delivered; any other 4xx than 408 and 429 is refused for good
-(retrying the same request cannot help; so is a 3xx, as redirects are not followed: a
-webhook URL is configured, not discovered); 408, 429, 5xx, timeouts and connection errors
-are worth a retry (429's ``Retry-After`` is kept as the delay to wait). Webhook URLs are
+(an :class:`~lambdaloop.http_outcome.Attempt`, classified by
+:func:`~lambdaloop.http_outcome.classify`; a 3xx is refused for good, as redirects are not
+followed: a webhook URL is configured, not discovered). Timeouts and connection errors are
+worth a retry. Webhook URLs are
 chosen by users: post through a session whose connector is
 :func:`~lambdaloop.ssrf.guarded_connector`'s, and an address it refuses is a refusal for
 good (``blocked: ...``).
@@ -23,31 +23,19 @@ good (``blocked: ...``).
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
-import enum
 import hashlib
 import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from lambdaloop.http_outcome import Attempt, Verdict, classify
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = [
-    "ID_HEADER",
-    "SIGNATURE_HEADER",
-    "TIMESTAMP_HEADER",
-    "Attempt",
-    "Verdict",
-    "classify",
-    "post",
-    "sign",
-    "verify",
-]
+__all__ = ["ID_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "post", "sign", "verify"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +45,6 @@ SIGNATURE_HEADER = "X-Lambdaloop-Signature"
 _SCHEME = "v1"
 #: How old (or how far in the future) a signed timestamp :func:`verify` accepts by default.
 DEFAULT_TOLERANCE_S = 300
-_RETRYABLE_4XX = frozenset({408, 429})
 
 
 def _key(secret: str | bytes) -> bytes:
@@ -92,55 +79,6 @@ def verify(
         return False
     expected = sign(secret, signed_at, body)
     return any(hmac.compare_digest(expected, part.strip()) for part in signature.split(","))
-
-
-class Verdict(enum.StrEnum):
-    DELIVERED = "delivered"
-    #: Refused for good: sending it again cannot succeed.
-    REJECTED = "rejected"
-    #: Worth another attempt later.
-    RETRY = "retry"
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """The outcome of one delivery attempt."""
-
-    verdict: Verdict
-    #: The receiver's HTTP status (``None`` when it never answered).
-    status: int | None
-    #: Why, in a few words (``"HTTP 503"``, ``"timeout"``, ``"connection: ..."``).
-    detail: str
-    #: Seconds the receiver asked to wait (``Retry-After``), if it did.
-    retry_after_s: float | None = None
-
-
-def classify(status: int, headers: Mapping[str, str], *, now: float | None = None) -> Attempt:
-    """What a response with ``status`` means for the sender (see the module docstring)."""
-    detail = f"HTTP {status}"
-    if 200 <= status < 300:
-        return Attempt(Verdict.DELIVERED, status, detail)
-    if status in _RETRYABLE_4XX or status >= 500:
-        return Attempt(Verdict.RETRY, status, detail, _retry_after(headers, now))
-    if 300 <= status < 500:
-        return Attempt(Verdict.REJECTED, status, detail)
-    return Attempt(Verdict.RETRY, status, detail)  # 1xx as a final status: a broken server
-
-
-def _retry_after(headers: Mapping[str, str], now: float | None) -> float | None:
-    """``Retry-After`` in seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
-    value = headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 async def post(

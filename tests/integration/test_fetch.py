@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
+from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult
 from lambdaloop.runtime import invocation
-from lambdaloop.ssrf import Policy
+from lambdaloop.ssrf import Policy, aclose_sessions
 from support import LoopbackHttpServer, lambda_context, run
 
 BODY = b"hello fetch\n" * 100
@@ -419,7 +419,7 @@ def test_the_per_host_bound_holds(site: Site) -> None:
 
 
 def test_the_session_is_reused_per_policy_and_closed_on_request(site: Site) -> None:
-    from lambdaloop.fetch import guarded_session
+    from lambdaloop.ssrf import guarded_session
 
     async def scenario() -> None:
         opts = options(site)

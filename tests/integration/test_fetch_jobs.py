@@ -24,12 +24,12 @@ from jobs.settings import JobsSettings
 from lambdaloop.blobs import Bucket
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import DependencyError, DependencyUnavailable
-from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult, aclose_sessions
+from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult
 from lambdaloop.jobs import JobRef, JobStore
 from lambdaloop.messages import FETCH
 from lambdaloop.queue import Envelope, Publisher
 from lambdaloop.runtime import Deadline, get_loop
-from lambdaloop.ssrf import Policy
+from lambdaloop.ssrf import Policy, aclose_sessions
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
 from support import (

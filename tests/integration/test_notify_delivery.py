@@ -11,14 +11,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lambdaloop.consumer import RecordContext
-from lambdaloop.errors import DependencyError, RetryLater
-from lambdaloop.fetch import aclose_sessions, guarded_session
-from lambdaloop.messages import Delivery
+from lambdaloop.consumer import RecordContext, SqsProcessor
+from lambdaloop.errors import RetryLater
+from lambdaloop.messages import DELIVER, Delivery
 from lambdaloop.notifications import owner, record_key
 from lambdaloop.runtime import Deadline
 from lambdaloop.secrets_manager import SecretsManager
-from lambdaloop.ssrf import Policy
+from lambdaloop.ssrf import Policy, aclose_sessions, guarded_session
 from lambdaloop.store import Table
 from lambdaloop_local.stack import LocalStack
 from notify.delivery import Deliverer
@@ -78,7 +77,6 @@ def make(local_stack: LocalStack, table: Table) -> Iterator[Callable[[str], Deli
             SecretsManager(local_stack.aws_client("secretsmanager")),
             session,
             secret_id=secret_id,
-            max_attempts=5,
             timeout=aiohttp.ClientTimeout(total=2),
         )
 
@@ -115,6 +113,23 @@ def deliver(target: Deliverer, notification_id: str, receive_count: int = 1) -> 
     envelope = Delivery(TENANT, notification_id, 1).envelope()
     context = RecordContext(notification_id, receive_count, {}, Deadline.never())
     return run(target(envelope, context))
+
+
+def last_attempt(target: Deliverer, notification_id: str) -> list[str]:
+    """The message's 5th receive of 5, through the consumer and the deliverer's give-up as
+    the function wires them; the ids of the failed records."""
+    envelope = Delivery(TENANT, notification_id, 1).envelope()
+    message = {
+        "messageId": notification_id,
+        "receiptHandle": "rh",
+        "body": envelope.to_json(),
+        "attributes": {"ApproximateReceiveCount": "5"},
+    }
+    processor = SqsProcessor(
+        {DELIVER: target}, give_up={DELIVER: target.give_up}, max_receive_count=5
+    )
+    response = run(processor.process({"Records": [message]}))
+    return [failure["itemIdentifier"] for failure in response["batchItemFailures"]]
 
 
 def test_a_delivered_notification_is_never_sent_again(
@@ -156,25 +171,26 @@ def test_the_last_attempt_marks_failed_whatever_broke_it(
 ) -> None:
     pending = notification(table, webhook_url=receiver.url)
 
-    with pytest.raises(DependencyError):
-        deliver(make("no-such-secret"), pending, receive_count=5)
+    failed = last_attempt(make("no-such-secret"), pending)
     record = run(table.get(record_key(TENANT, pending)))
 
+    assert failed == [pending]
     assert record is not None
     assert (record["status"], record["error"]) == ("failed", "gave up: DependencyError")
     assert receiver.requests == 0
 
 
-def test_the_last_attempt_comes_back_at_once_to_reach_the_dead_letter_queue(
+def test_the_last_attempt_that_must_retry_records_why_it_gave_up(
     local_stack: LocalStack, table: Table, receiver: Receiver, make: Callable[[str], Deliverer]
 ) -> None:
+    # (That it comes back at once, on to the dead-letter queue: test_consumer_moto.py.)
     pending = notification(table, webhook_url=receiver.url)
 
-    with pytest.raises(RetryLater) as retry:
-        deliver(make(secret_id(local_stack)), pending, receive_count=5)
+    failed = last_attempt(make(secret_id(local_stack)), pending)
     record = run(table.get(record_key(TENANT, pending)))
 
-    assert retry.value.delay_s == 0
+    assert failed == [pending]
+    assert receiver.requests == 1
     assert record is not None
     assert (record["status"], record["error"]) == ("failed", "gave up after 5 attempts: HTTP 429")
 
@@ -188,7 +204,6 @@ def test_a_webhook_at_an_address_the_policy_refuses_fails_for_good_unsent(
         SecretsManager(local_stack.aws_client("secretsmanager")),
         lambda: guarded_session(Policy.for_user_urls(False)),
         secret_id=secret_id(local_stack),
-        max_attempts=5,
         timeout=aiohttp.ClientTimeout(total=2),
     )
     pending = notification(table, webhook_url=receiver.url)

@@ -11,8 +11,9 @@ import pytest
 from aiohttp import web
 
 from lambdaloop.errors import DependencyError
+from lambdaloop.http_outcome import Verdict
 from lambdaloop.secrets_manager import SecretsManager
-from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Verdict, post, verify
+from lambdaloop.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, post, verify
 from lambdaloop_local.stack import LocalStack
 from support import LoopbackHttpServer, run
 

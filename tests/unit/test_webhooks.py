@@ -7,7 +7,8 @@ import hmac
 
 import pytest
 
-from lambdaloop.webhooks import Verdict, classify, sign, verify
+from lambdaloop.http_outcome import Verdict, classify
+from lambdaloop.webhooks import sign, verify
 
 SECRET = "s3cret-key"
 BODY = b'{"id":"n1","message":"hi"}'

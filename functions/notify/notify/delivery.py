@@ -24,6 +24,7 @@ import aiohttp
 from lambdaloop import webhooks
 from lambdaloop.consumer import RecordContext
 from lambdaloop.errors import ConditionFailed, RetryLater
+from lambdaloop.http_outcome import Verdict
 from lambdaloop.messages import Delivery
 from lambdaloop.queue import Envelope
 from lambdaloop.store import Item, Key, utc_timestamp
@@ -116,10 +117,10 @@ class Deliverer:
             event_id=notification_id,
             client_timeout=self._timeout,
         )
-        if attempt.verdict is webhooks.Verdict.DELIVERED:
+        if attempt.verdict is Verdict.DELIVERED:
             await self._delivered(delivery, attempt.status)
             return {"status": "delivered", "channel": "webhook", "http_status": attempt.status}
-        if attempt.verdict is webhooks.Verdict.REJECTED:
+        if attempt.verdict is Verdict.REJECTED:
             await self._fail(delivery, f"refused: {attempt.detail}")
             return {"status": "failed", "error": attempt.detail}
         if not last:

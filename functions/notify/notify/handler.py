@@ -12,14 +12,13 @@ from typing import Any
 import aiohttp
 
 from lambdaloop.consumer import RetryPolicy, SqsProcessor
-from lambdaloop.fetch import guarded_session
 from lambdaloop.idempotency import IdempotencyGuard
 from lambdaloop.messages import DELIVER
 from lambdaloop.observability import get_logger, route_logs
 from lambdaloop.runtime import lambda_handler
 from lambdaloop.secrets_manager import SecretsManager
 from lambdaloop.settings import get_runtime_settings
-from lambdaloop.ssrf import Policy
+from lambdaloop.ssrf import Policy, guarded_session
 from lambdaloop.store import Table
 from notify.delivery import Deliverer
 from notify.settings import NotifySettings, get_notify_settings
@@ -34,7 +33,6 @@ def build_processor(settings: NotifySettings, *, local_mode: bool = False) -> Sq
         SecretsManager(),
         lambda: guarded_session(policy),
         secret_id=settings.signing_secret_id,
-        max_attempts=settings.max_attempts,
         timeout=aiohttp.ClientTimeout(
             total=settings.webhook_timeout_s, sock_connect=settings.webhook_connect_timeout_s
         ),
@@ -42,6 +40,8 @@ def build_processor(settings: NotifySettings, *, local_mode: bool = False) -> Sq
     return SqsProcessor(
         {DELIVER: deliverer},
         concurrency=settings.concurrency,
+        give_up={DELIVER: deliverer.give_up},
+        max_receive_count=settings.max_attempts,
         guard=IdempotencyGuard(
             Table(settings.idempotency_table, key_schema=("id",)),
             expires_after_s=settings.idempotency_expires_s,
