@@ -27,6 +27,12 @@ for one.
   (ChangeMessageVisibility) to its delay or to capped exponential backoff with jitter on
   the receive count, so it comes back then instead of after the queue's visibility timeout.
   The number of attempts is the queue's own maxReceiveCount (then the DLQ).
+- Last attempt: told the queue's maxReceiveCount (``max_receive_count``), a record knows
+  its last receive (:attr:`RecordContext.last_attempt`). When its handler fails on it, the
+  give-up of its type (``give_up``) runs before the record is reported failed, to record
+  the failure for good (its own failure is logged; the record fails either way), and a
+  :class:`~lambdaloop.errors.RetryLater` record comes back at once instead of after a
+  backoff: that receive moves it to the DLQ.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from lambdaloop.idempotency import IdempotencyGuard, payload_hash
 from lambdaloop.queue import Envelope
 from lambdaloop.runtime import Deadline, current_deadline
 
-__all__ = ["Handler", "RecordContext", "RetryPolicy", "SqsProcessor"]
+__all__ = ["GiveUp", "Handler", "RecordContext", "RetryPolicy", "SqsProcessor"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +71,18 @@ class RecordContext:
     message_attributes: Mapping[str, Any]
     deadline: Deadline
     group_id: str | None = None
+    #: The queue's maxReceiveCount, when the processor was told it.
+    max_receive_count: int | None = None
+
+    @property
+    def last_attempt(self) -> bool:
+        """Whether this is the record's last receive (a failure sends it to the DLQ)."""
+        return self.max_receive_count is not None and self.receive_count >= self.max_receive_count
 
 
 Handler = Callable[[Envelope, RecordContext], Awaitable[Any]]
+#: Called with what the handler raised on the record's last attempt.
+GiveUp = Callable[[Envelope, RecordContext, Exception], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +133,8 @@ class SqsProcessor:
         handlers: Mapping[str, Handler],
         *,
         concurrency: int = 10,
+        give_up: Mapping[str, GiveUp] | None = None,
+        max_receive_count: int | None = None,
         guard: IdempotencyGuard | None = None,
         margin_s: float = 1.0,
         retry: RetryPolicy | None = None,
@@ -127,7 +144,16 @@ class SqsProcessor:
             raise ValueError("concurrency must be at least 1")
         if margin_s < 0:
             raise ValueError("margin_s must not be negative")
+        if max_receive_count is not None and max_receive_count < 1:
+            raise ValueError("max_receive_count must be at least 1")
+        give_up = dict(give_up or {})
+        if give_up and max_receive_count is None:
+            raise ValueError("give_up needs max_receive_count (the queue's maxReceiveCount)")
+        if unknown := sorted(set(give_up) - set(handlers)):
+            raise ValueError(f"give_up for types with no handler: {', '.join(unknown)}")
         self._handlers = dict(handlers)
+        self._give_up = give_up
+        self._max_receive_count = max_receive_count
         self._concurrency = concurrency
         self._guard = guard
         self._margin_s = margin_s
@@ -225,6 +251,7 @@ class SqsProcessor:
             message_attributes=record.raw.get("messageAttributes") or {},
             deadline=deadline,
             group_id=record.group_id,
+            max_receive_count=self._max_receive_count,
         )
         try:
             if self._guard is None:
@@ -236,18 +263,37 @@ class SqsProcessor:
                     lambda: handler(envelope, context),
                     deadline,
                 )
-        except RetryLater as exc:
-            await self._retry_later(record, context.receive_count, exc)
-            return False
-        except IdempotencyError as exc:
+        except IdempotencyError as exc:  # not run here: nothing to give up
             logger.warning("record %s failed: %s", record.message_id, exc)
             return False
-        except Exception:
+        except RetryLater as exc:
+            if context.last_attempt:
+                await self._give_up_on(envelope, context, exc)
+                # Back at once: its next receive moves it to the DLQ.
+                exc = RetryLater(str(exc), delay_s=0)
+            await self._retry_later(record, context.receive_count, exc)
+            return False
+        except Exception as exc:
             logger.exception(
                 "record %s failed: handler for %r raised", record.message_id, envelope.type
             )
+            if context.last_attempt:
+                await self._give_up_on(envelope, context, exc)
             return False
         return True
+
+    async def _give_up_on(self, envelope: Envelope, context: RecordContext, exc: Exception) -> None:
+        give_up = self._give_up.get(envelope.type)
+        if give_up is None:
+            return
+        try:
+            await give_up(envelope, context, exc)
+        except Exception:
+            logger.exception(
+                "record %s: the give-up for %r raised (the record fails all the same)",
+                context.message_id,
+                envelope.type,
+            )
 
     async def _retry_later(self, record: _Record, receive_count: int, exc: RetryLater) -> None:
         if self._retry is None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from jobs.runner import FetchJobRunner
 from jobs.settings import JobsSettings
 from lambdaloop.blobs import Bucket
-from lambdaloop.consumer import RecordContext
+from lambdaloop.consumer import SqsProcessor
 from lambdaloop.errors import DependencyError, DependencyUnavailable
 from lambdaloop.fetch import Fetcher, FetchOptions, FetchResult
 from lambdaloop.jobs import JobRef, JobStore
@@ -499,10 +499,19 @@ class BrokenFetcher(Fetcher):
         yield  # pragma: no cover - makes this an async generator
 
 
-def deliver(target: FetchJobRunner, job: JobRef, receive_count: int) -> Any:
+def deliver(target: FetchJobRunner, job: JobRef, receive_count: int) -> list[str]:
+    """Part 0 of ``job``, received ``receive_count`` times of 5, through the consumer and the
+    runner's give-up as the function wires them; the ids of the failed records."""
     payload = {"tenant": job.tenant, "job_id": job.id, "part": 0}
-    envelope = Envelope(FETCH, job.part_id(0), payload)
-    return run(target(envelope, RecordContext("m", receive_count, {}, Deadline.never())))
+    message = {
+        "messageId": f"m{receive_count}",
+        "receiptHandle": "rh",
+        "body": Envelope(FETCH, job.part_id(0), payload).to_json(),
+        "attributes": {"ApproximateReceiveCount": str(receive_count)},
+    }
+    processor = SqsProcessor({FETCH: target}, give_up={FETCH: target.give_up}, max_receive_count=5)
+    response = run(processor.process({"Records": [message]}))
+    return [failure["itemIdentifier"] for failure in response["batchItemFailures"]]
 
 
 def test_an_error_fails_the_record_and_on_the_last_attempt_the_job_too(
@@ -513,11 +522,9 @@ def test_an_error_fails_the_record_and_on_the_last_attempt_the_job_too(
         store, Recorder(), settings(), policy=Policy.for_user_urls(True), fetcher=BrokenFetcher()
     )
 
-    with pytest.raises(RuntimeError):
-        deliver(broken, job, receive_count=4)
+    assert deliver(broken, job, receive_count=4) == ["m4"]
     before_last = run(store.get(job, consistent=True))
-    with pytest.raises(RuntimeError):
-        deliver(broken, job, receive_count=5)
+    assert deliver(broken, job, receive_count=5) == ["m5"]
     after_last = run(store.get(job, consistent=True))
 
     assert before_last is not None
@@ -527,7 +534,7 @@ def test_an_error_fails_the_record_and_on_the_last_attempt_the_job_too(
         "failed",
         "gave up after 5 attempts: RuntimeError",
     )
-    assert deliver(broken, job, receive_count=1) == {"status": "failed"}
+    assert deliver(broken, job, receive_count=1) == []  # a final job: nothing to run
 
 
 def test_a_missing_job_is_dropped_and_a_job_with_bad_params_fails_at_once(

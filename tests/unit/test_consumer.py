@@ -359,3 +359,132 @@ def test_retry_later_without_a_policy_or_with_sqs_down_is_just_a_failure() -> No
     assert failed(run(with_policy.process(event(record("a"))))) == ["a"]
     assert failed(run(without.process(event(record("b"))))) == ["b"]
     assert sqs.visibility == []
+
+
+class GivingUp:
+    """A handler that fails records asking it to (with RetryLater for ``retry``), and a
+    give-up that records what it was given and can be told to fail itself."""
+
+    def __init__(self, *, give_up_fails: bool = False) -> None:
+        self.given_up: list[tuple[str, int, str]] = []
+        self.give_up_fails = give_up_fails
+
+    async def __call__(self, envelope: Envelope, context: RecordContext) -> None:
+        if envelope.payload.get("retry"):
+            raise RetryLater("downstream busy", delay_s=120)
+        if envelope.payload.get("fail"):
+            raise RuntimeError("handler failed")
+
+    async def give_up(self, envelope: Envelope, context: RecordContext, error: Exception) -> None:
+        self.given_up.append((context.message_id, context.receive_count, repr(error)))
+        if self.give_up_fails:
+            raise RuntimeError("give-up failed")
+
+
+def test_the_give_up_runs_when_a_record_fails_on_its_last_receive_only() -> None:
+    handler = GivingUp()
+    processor = SqsProcessor(
+        {"ping": handler}, give_up={"ping": handler.give_up}, max_receive_count=3
+    )
+    batch = event(
+        record("early", payload={"fail": True}, receive_count=2),
+        record("last", payload={"fail": True}, receive_count=3),
+        record("beyond", payload={"fail": True}, receive_count=4),  # maxReceiveCount lowered
+        record("last-ok", receive_count=3),
+        record("last-retry", payload={"retry": True}, receive_count=3),
+    )
+
+    response = run(processor.process(batch))
+
+    assert failed(response) == ["early", "last", "beyond", "last-retry"]
+    assert sorted(handler.given_up) == [
+        ("beyond", 4, "RuntimeError('handler failed')"),
+        ("last", 3, "RuntimeError('handler failed')"),
+        ("last-retry", 3, "RetryLater('downstream busy')"),
+    ]
+
+
+def test_handlers_know_the_last_attempt() -> None:
+    handler = Recorder()
+    told = SqsProcessor({"ping": handler}, max_receive_count=2)
+    untold = SqsProcessor({"ping": handler})
+
+    run(told.process(event(record("m1", receive_count=1), record("m2", receive_count=2))))
+    run(untold.process(event(record("m3", receive_count=99))))
+
+    last = {context.message_id: context.last_attempt for _, context in handler.seen}
+    assert last == {"m1": False, "m2": True, "m3": False}
+
+
+def test_a_failing_give_up_is_logged_and_its_record_still_fails(
+    layer_caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = GivingUp(give_up_fails=True)
+    processor = SqsProcessor(
+        {"ping": handler}, give_up={"ping": handler.give_up}, max_receive_count=1
+    )
+
+    response = run(processor.process(event(record("m1", payload={"fail": True}), record("m2"))))
+
+    assert failed(response) == ["m1"]
+    assert [message_id for message_id, _, _ in handler.given_up] == ["m1"]
+    assert "m1: the give-up for 'ping' raised" in layer_caplog.text
+    assert "give-up failed" in layer_caplog.text
+
+
+def test_records_that_did_not_run_are_not_given_up() -> None:
+    # A bad body, a type without a handler, a key reused with another payload: none ran.
+    handler = GivingUp()
+    guard = IdempotencyGuard(FakeIdempotencyTable())
+    processor = SqsProcessor(
+        {"ping": handler},
+        give_up={"ping": handler.give_up},
+        max_receive_count=1,
+        guard=guard,
+    )
+    batch = event(
+        record("bad", body="nope"),
+        record("unknown", "pong"),
+        record("m1", envelope_id="same", payload={"n": 1}),
+        record("m2", envelope_id="same", payload={"n": 2}),  # reused with another payload
+    )
+
+    response = run(processor.process(batch))
+
+    assert failed(response) == ["bad", "unknown", "m2"]
+    assert handler.given_up == []
+
+
+def test_retry_later_on_the_last_receive_comes_back_at_once() -> None:
+    # (with or without a give-up: that receive moves it to the dead-letter queue)
+    async def transient(envelope: Envelope, context: RecordContext) -> None:
+        raise RetryLater("downstream busy", delay_s=120)
+
+    sqs = FakeSqs()
+    policy = RetryPolicy("http://sqs.local/123/q", random=lambda: 0.5)
+    processor = SqsProcessor({"ping": transient}, max_receive_count=3, retry=policy, sqs_client=sqs)
+
+    run(processor.process(event(record("early", receive_count=2), record("last", receive_count=3))))
+
+    assert {handle: seconds for _, handle, seconds in sqs.visibility} == {
+        "rh-early": 120,
+        "rh-last": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_receive_count": 0}, "max_receive_count must be at least 1"),
+        ({"give_up": {"ping": GivingUp().give_up}}, "give_up needs max_receive_count"),
+        (
+            {"give_up": {"pong": GivingUp().give_up}, "max_receive_count": 3},
+            "give_up for types with no handler: pong",
+        ),
+    ],
+)
+def test_an_inconsistent_last_attempt_setup_is_refused(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        SqsProcessor({"ping": GivingUp()}, **kwargs)

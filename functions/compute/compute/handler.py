@@ -38,6 +38,8 @@ def build_processor(settings: ComputeSettings, runner: ChunkRunner) -> SqsProces
         {COMPUTE: runner},
         # The chunks of one batch take turns: each one uses every worker of the pool.
         concurrency=1,
+        give_up={COMPUTE: runner.give_up},
+        max_receive_count=settings.max_attempts,
         retry=RetryPolicy(
             settings.queue_url, base_s=settings.retry_base_s, max_s=settings.retry_max_s
         ),

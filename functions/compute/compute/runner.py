@@ -14,7 +14,8 @@ A compute job (see :mod:`lambdaloop.compute.kinds`) is split by the API into chu
   already folded (or of a final job) is not computed again at all.
 - **Failures.** Any exception fails the record: it comes back after a capped, jittered
   backoff (:class:`~lambdaloop.errors.RetryLater`), not the queue's 12-minute visibility
-  timeout. The queue's last attempt marks the job ``failed`` with the reason and sends the
+  timeout. When the queue's last attempt fails, the consumer calls
+  :meth:`ChunkRunner.give_up`, which marks the job ``failed`` with the reason, and sends the
   message on to the dead-letter queue at once. A chunk of an unknown kind fails the job at
   once (no retry could help).
 """
@@ -66,13 +67,12 @@ class ChunkRunner:
         try:
             return await self.run_chunk(ref, chunk, kind_name, work, context.deadline)
         except Exception as exc:
-            reason = f"chunk {chunk}: {type(exc).__name__}: {exc}"
-            if context.receive_count < self._settings.max_attempts:
-                raise RetryLater(reason) from exc
-            await self._jobs.give_up(
-                ref, f"gave up after {context.receive_count} attempts: {reason}"
-            )
-            raise RetryLater(reason, delay_s=0) from exc  # on to the dead-letter queue
+            raise RetryLater(f"chunk {chunk}: {type(exc).__name__}: {exc}") from exc
+
+    async def give_up(self, envelope: Envelope, context: RecordContext, error: Exception) -> None:
+        """The chunk's last attempt failed (the consumer's hook): the job is failed."""
+        reason = f"gave up after {context.receive_count} attempts: {error}"
+        await self._jobs.give_up(ComputeChunk.parse(envelope).job, reason)
 
     async def run_chunk(
         self, ref: JobRef, chunk: int, kind_name: str, work: dict[str, Any], deadline: Deadline

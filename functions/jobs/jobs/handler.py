@@ -38,6 +38,8 @@ def build_processor(settings: JobsSettings, *, local_mode: bool = False) -> SqsP
         {FETCH: runner},
         # A part uses the invocation's whole fan-out (the job's own concurrency).
         concurrency=1,
+        give_up={FETCH: runner.give_up},
+        max_receive_count=settings.max_attempts,
         guard=IdempotencyGuard(
             Table(settings.idempotency_table, key_schema=("id",)),
             expires_after_s=settings.idempotency_expires_s,

@@ -28,8 +28,8 @@ completed is replayed, not run again).
   fetching goes on; one that fails fails the part, and the next part fetches its URL again.
 - **Outcome.** Once every index has a result the job ``succeeded``: a URL's failure (404,
   blocked address, timeout...) is that URL's result, not the job's. Any exception fails the
-  record (SQS redelivers it); on the queue's last attempt (``receive_count`` reaching
-  ``max_attempts``) the job is marked ``failed`` first. A job whose params are not a list
+  record (SQS redelivers it); when the queue's last attempt fails, the consumer calls
+  :meth:`FetchJobRunner.give_up`, which marks the job ``failed``. A job whose params are not a list
   of URLs and a concurrency fails at once (retrying would not help).
 """
 
@@ -98,16 +98,12 @@ class FetchJobRunner:
 
     async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
         message = FetchPart.parse(envelope)
-        ref, part = message.job, message.part
-        try:
-            return await self.run_part(ref, part, context.deadline)
-        except Exception as exc:
-            if context.receive_count >= self._settings.max_attempts:
-                await self._jobs.give_up(
-                    ref,
-                    f"gave up after {context.receive_count} attempts: {type(exc).__name__}",
-                )
-            raise
+        return await self.run_part(message.job, message.part, context.deadline)
+
+    async def give_up(self, envelope: Envelope, context: RecordContext, error: Exception) -> None:
+        """The part's last attempt failed (the consumer's hook): the job is failed."""
+        reason = f"gave up after {context.receive_count} attempts: {type(error).__name__}"
+        await self._jobs.give_up(FetchPart.parse(envelope).job, reason)
 
     async def run_part(self, ref: JobRef, part: int, deadline: Deadline) -> dict[str, Any]:
         """Run part ``part`` of the job until it is done or ``deadline`` is near."""

@@ -4,8 +4,9 @@ none, and keep its record (status, attempts, error) true.
 - 2xx: delivered. A 4xx other than 408/429 (or a 3xx): failed for good, the message is done.
 - 408, 429, 5xx, a timeout, a lost connection: :class:`~lambdaloop.errors.RetryLater`, so
   the message comes back after a backoff (or the receiver's Retry-After).
-- The attempt that reaches the queue's maxReceiveCount marks the notification failed and
-  still fails the message, which SQS then moves to the dead-letter queue (for inspection
+- The last attempt (the queue's maxReceiveCount, which the consumer knows) fails the message
+  all the same, and the consumer calls :meth:`Deliverer.give_up`, which marks the
+  notification failed; SQS then moves the message to the dead-letter queue (for inspection
   and redrive; a redriven message is delivered again, as only delivered is final here).
 
 The message names its tenant; the record is looked up inside that tenant's partition only.
@@ -65,7 +66,6 @@ class Deliverer:
         session: Callable[[], aiohttp.ClientSession],
         *,
         secret_id: str,
-        max_attempts: int,
         timeout: aiohttp.ClientTimeout,
         clock: Callable[[], str] = utc_timestamp,
     ) -> None:
@@ -73,25 +73,19 @@ class Deliverer:
         self._secrets = secrets
         self._session = session
         self._secret_id = secret_id
-        self._max_attempts = max_attempts
         self._timeout = timeout
         self._clock = clock
 
     async def __call__(self, envelope: Envelope, context: RecordContext) -> dict[str, Any]:
-        last = context.receive_count >= self._max_attempts
-        delivery = Delivery.parse(envelope)
-        try:
-            return await self._deliver(delivery, last)
-        except RetryLater as exc:
-            if last:
-                await self._fail(delivery, f"gave up after {context.receive_count} attempts: {exc}")
-                # Back at once: the next receive moves it to the dead-letter queue.
-                raise RetryLater(str(exc), delay_s=0) from exc
-            raise
-        except Exception as exc:
-            if last:
-                await self._fail(delivery, f"gave up: {type(exc).__name__}")
-            raise
+        return await self._deliver(Delivery.parse(envelope), context.last_attempt)
+
+    async def give_up(self, envelope: Envelope, context: RecordContext, error: Exception) -> None:
+        """The last attempt failed (the consumer's hook): the notification is failed."""
+        if isinstance(error, RetryLater):
+            reason = f"gave up after {context.receive_count} attempts: {error}"
+        else:
+            reason = f"gave up: {type(error).__name__}"
+        await self._fail(Delivery.parse(envelope), reason)
 
     async def _deliver(self, delivery: Delivery, last: bool) -> dict[str, Any]:
         notification_id = delivery.notification_id
@@ -123,7 +117,7 @@ class Deliverer:
         if attempt.verdict is Verdict.REJECTED:
             await self._fail(delivery, f"refused: {attempt.detail}")
             return {"status": "failed", "error": attempt.detail}
-        if not last:
+        if not last:  # the give-up records the error of the last one
             await self._records.update(
                 delivery.key, {"error": attempt.detail, "updated_at": self._clock()}
             )
