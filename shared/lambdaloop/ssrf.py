@@ -1,54 +1,13 @@
 """A guard against server-side request forgery for outbound HTTP whose URL a caller chose.
 
 Only public unicast addresses are reachable: loopback, private, link-local (the instance
-metadata service at 169.254.169.254 included), shared (CGNAT), multicast, reserved,
-documentation and benchmarking ranges are refused, as are IPv6 forms that smuggle an IPv4
-address (IPv4-mapped, IPv4-compatible, Teredo; 6to4 and NAT64 are judged by the IPv4 address
-they embed), zone ids, and any extra network a deployment names (its VPC CIDR, its Redis
-endpoint). Local mode may allow loopback (127.0.0.0/8 and ::1, nothing else) with
-``Policy(allow_loopback=True)``, which deployed stacks never set.
-
-Two checks, both needed:
-
-:meth:`Policy.url_problem`
-    A cheap look at the URL before any I/O: scheme http/https, a host, no credentials, an
-    allowed port, and, when the host is an IP address in any spelling a resolver might accept
-    (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``, ``[::ffff:127.0.0.1]``...),
-    that address. Host names pass: what they point at is only known after DNS.
-
-:func:`guarded_connector`
-    The authoritative check, at connect time, on the address actually connected to. It is
-    an ``aiohttp.TCPConnector`` (aiohttp >= 3.12; written against 3.14) that checks
-
-    1. every address the host resolved to (``_resolve_host``, after the resolver and the
-       DNS cache): if any is refused, the request fails with :class:`Blocked` before a
-       socket exists. This is where raw-IP URLs are seen too: aiohttp hands an IP host
-       straight to the connection without asking the resolver, so a custom resolver alone
-       would never see ``http://169.254.169.254/``;
-    2. the very socket address each connection attempt connects to, through TCPConnector's
-       public ``socket_factory`` hook, which aiohappyeyeballs calls with the addrinfo it is
-       about to ``connect()`` -- once per attempt, so happy eyeballs and ``interleave``
-       cannot slip a second address past it. The address must also be a numeric literal,
-       so asyncio cannot resolve it again behind the check.
-
-    Redirects are followed by aiohttp through the same connector: every hop that opens a
-    connection is checked (a reused keep-alive connection was checked when it was opened,
-    for the same host and port). aiohttp follows only http/https redirects and raises
-    ``NonHttpUrlRedirectClientError`` for others. Proxies are refused (``Blocked``): through a
-    proxy the target is resolved by the proxy, out of reach of any check here.
-
-    Check 1 relies on a private aiohttp method; if aiohttp ever stopped calling it, check 2
-    still refuses every blocked address (an override of the documented ``socket_factory``
-    alone would not give a typed error in every case: aiohappyeyeballs folds the failures of
-    several addresses into one plain ``OSError``, hence the refusals are recorded on the side
-    and turned back into :class:`Blocked`).
-
-How a caller recognises a refusal: ``Blocked`` is raised as itself out of
-``session.get(...)``/``session.request(...)``, never wrapped in an aiohttp error, so
-``except Blocked as exc`` (``exc.url`` is the URL of the refused hop, ``exc.reason`` says
-why) is enough, before ``except aiohttp.ClientError``.
-
-Only the standard library and aiohttp (with its yarl) are used; both are imported lazily.
+metadata service included), shared, multicast, reserved and documentation ranges are refused,
+as are IPv6 forms that smuggle an IPv4 address, zone ids, and any network a deployment adds
+(its VPC, its Redis). :meth:`Policy.url_problem` is a cheap look at the URL before any I/O;
+:func:`guarded_connector` is the authoritative check, on the address actually connected to
+(DNS and redirects included). A refusal is raised as :class:`Blocked`, never wrapped in an
+aiohttp error. Local mode may allow loopback (``Policy(allow_loopback=True)``); deployed
+stacks never do. aiohttp is imported lazily.
 """
 
 from __future__ import annotations
@@ -350,6 +309,14 @@ def guarded_connector(policy: Policy, **connector_kwargs: Any) -> aiohttp.TCPCon
     """An ``aiohttp.TCPConnector`` that refuses, with :class:`Blocked`, every connection to an
     address or port ``policy`` does not allow, checked after DNS on the address actually
     connected to, for every connection a session opens (redirect hops included).
+
+    Two checks: every address the host resolved to (``_resolve_host``, a private method, also
+    where IP-literal hosts are seen, since aiohttp does not resolve them), then the socket
+    address of each connection attempt (the public ``socket_factory`` hook, once per happy
+    eyeballs attempt). The second alone would hold if aiohttp stopped calling the first, but
+    aiohappyeyeballs folds several failures into one ``OSError``, so refusals are recorded
+    on the side and raised again as :class:`Blocked`. Proxies are refused: through one, the
+    target is resolved out of reach.
 
     ``connector_kwargs`` go to ``TCPConnector`` (``resolver``, ``limit``, ``ssl``...); a
     ``socket_factory`` among them is still used, after the check.

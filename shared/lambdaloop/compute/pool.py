@@ -1,47 +1,16 @@
-"""A process pool for CPU-bound work that runs on AWS Lambda, awaited from asyncio.
+"""A process pool for CPU-bound work on AWS Lambda, awaited from asyncio.
 
-Why not :class:`concurrent.futures.ProcessPoolExecutor` or :class:`multiprocessing.Pool`:
-both build on ``multiprocessing.Queue``/``Lock``, which need POSIX semaphores in
-``/dev/shm``, and Lambda has no ``/dev/shm``: they fail on first use. What does work there
-is :class:`multiprocessing.Process` and :func:`multiprocessing.Pipe` (a socketpair). This
-pool is made of just those:
+``ProcessPoolExecutor`` and ``multiprocessing.Pool`` need POSIX semaphores in ``/dev/shm``,
+which Lambda lacks; this pool uses only forked ``Process`` es (~15 ms each, kept for the
+environment's life: :func:`get_pool`) and one duplex ``Pipe`` per worker, read with
+``loop.add_reader`` so a wait never blocks the loop. One chunk per worker at a time.
 
-- **Workers are forked** (``multiprocessing.get_context("fork")``, ~15 ms, against ~1 s to
-  spawn an interpreter and import a heavy module again) on first use, and then kept: one
-  pool per execution environment, reused by every warm invocation (:func:`get_pool`).
-- **Each worker has its own duplex pipe.** The parent end is non-blocking and watched with
-  ``loop.add_reader``, so awaiting a result never blocks the event loop; frames are
-  length-prefixed pickles, read as they arrive and parsed once complete.
-- **One task per worker at a time**, tagged with an id. :meth:`ProcessPool.map` sends its
-  items in chunks that the worker runs as a loop.
-
-Failures are exceptions of this module, all :class:`ComputeError`:
-
-- :class:`TaskFailed`: ``fn`` raised in the worker; it names the input item (the args, for
-  :meth:`~ProcessPool.run`), the exception's type and message, and keeps the worker's
-  traceback text in ``remote_traceback``.
-- :class:`TaskTimeout`: a chunk ran past ``timeout`` (counted from its dispatch, not from
-  the wait for a free worker); its worker is SIGKILLed and replaced.
-- :class:`WorkerDied`: the worker exited mid-task (SIGKILL, ``os._exit``, a segfault, the
-  OOM killer); it is replaced. The pool is never left short of a worker nor poisoned.
-
-A cancelled ``run``/``map`` (the invocation's deadline, say) does not kill anything: the
-busy worker finishes its chunk, the reply is recognised as stale by its task id and dropped,
-and only then is the worker handed out again.
-
-With one worker (``ProcessPool(1)``, or sizing that finds one CPU, as on a Lambda function
-with less than 1,769 MB) the pool is **in-process**: calls run in a thread
-(:func:`asyncio.to_thread`), one chunk at a time for ``map``, with no fork and no pickling.
-There a timeout still raises :class:`TaskTimeout`, but the thread cannot be killed and runs
-its chunk to the end in the background; :class:`WorkerDied` cannot happen.
-
-Limits: ``fn``, its arguments and its results must pickle (in process mode); ``fn`` is
-pickled by reference, so it must be a module-level function of a module the parent has
-imported before the workers were forked (or ``__main__``). Workers are daemonic, so ``fn``
-cannot start processes of its own. Forking while other threads run (an executor's, say) is
-what Python 3.12+ warns about: a lock held by another thread at the fork stays held in the
-child. The worker loop takes none of the parent's locks besides those that Python resets at
-fork (imports, logging). The pool is not thread-safe: use it from one event loop.
+Failures are :class:`ComputeError`: :class:`TaskFailed` (``fn`` raised; the item and the
+remote traceback), :class:`TaskTimeout` (its worker is killed and replaced) and
+:class:`WorkerDied` (replaced). A cancelled call lets the busy worker finish and drops its
+stale reply. With one worker (one vCPU) the pool runs calls in a thread instead, with no
+fork and no pickling. ``fn`` must be a module-level function imported before the fork;
+the pool is not thread-safe.
 """
 
 from __future__ import annotations
