@@ -16,8 +16,8 @@ Where this gateway knowingly differs from API Gateway HTTP API:
   not the answers: here 413, 414 (the request line alone) or 431, as the RFCs name them. A
   method the HTTP parser does not know (``FOO``) is 501 (RFC 9110); a method it knows
   (``TRACE``) reaches an ``ANY`` route's function. A bare CR or another malformed head is 400.
-- Which bodies are base64-encoded is not documented either: as observed on AWS, every body
-  but ``text/*``, ``application/json``, ``application/xml`` and ``application/javascript``
+- Which bodies are base64-encoded is not documented either: as others observed on AWS, every
+  body but ``text/*``, ``application/json``, ``application/xml`` and ``application/javascript``
   ones; and here a text body that is not UTF-8 too (JSON events cannot carry its bytes).
 - HTTP API's client timeouts are not published: a head that is not complete within
   ``idle_timeout_s`` closes the connection silently, a body not complete within
