@@ -39,7 +39,7 @@ CHROMIUM_ARGS = [
 #: Bounds on waiting (processes starting, the page loading), never timings under test.
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 30
-UI_TIMEOUT_MS = 60_000
+UI_TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (.ci/run installs Debian's)"
@@ -170,7 +170,9 @@ def test_docs_work_offline_and_try_it_out_gets_a_user_with_a_token(dev: Dev) -> 
                 ".opblock-get", has=page.locator('[data-path="/users/{user_id}"]')
             )
             expect(operation).to_be_visible(timeout=UI_TIMEOUT_MS)
-            expect(page.locator('[data-path="/jobs/{job_id}"]')).to_be_visible()
+            expect(page.locator('[data-path="/jobs/{job_id}"]')).to_be_visible(
+                timeout=UI_TIMEOUT_MS
+            )
             assert failed == []
 
             # When the token is given to Authorize
@@ -178,22 +180,28 @@ def test_docs_work_offline_and_try_it_out_gets_a_user_with_a_token(dev: Dev) -> 
             dialog = page.locator(".modal-ux")
             dialog.locator("input").fill(bearer)
             dialog.locator("button.authorize").click()
-            expect(dialog.get_by_role("button", name="Remove authorization")).to_be_visible()
+            expect(dialog.get_by_role("button", name="Remove authorization")).to_be_visible(
+                timeout=UI_TIMEOUT_MS
+            )
             dialog.get_by_role("button", name="Close").click()
 
             # And GET /users/{user_id} is tried out with the user's id
             operation.locator(".opblock-summary-control").click()
             operation.locator(".try-out__btn").click()
             operation.locator('tr[data-param-name="user_id"] input').fill(str(user_id))
-            with page.expect_response(f"{dev.url}/users/{user_id}") as answer:
+            with page.expect_response(
+                f"{dev.url}/users/{user_id}", timeout=UI_TIMEOUT_MS
+            ) as answer:
                 operation.locator(".execute").click()
 
             # Then the request carried the token, and the response panel shows the user
             assert answer.value.request.headers["authorization"] == f"Bearer {bearer}"
             live = operation.locator(".live-responses-table")
-            expect(live.locator("tbody .response-col_status")).to_have_text("200")
+            expect(live.locator("tbody .response-col_status")).to_have_text(
+                "200", timeout=UI_TIMEOUT_MS
+            )
             expect(live.locator("tbody .response-col_description")).to_contain_text(
-                "ada@example.com"
+                "ada@example.com", timeout=UI_TIMEOUT_MS
             )
             assert outside == []
             assert failed == []
