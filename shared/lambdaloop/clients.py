@@ -1,12 +1,12 @@
 """Lazily built clients, one set per execution environment, reused by warm invocations.
 
-Nothing here connects or imports an SDK at import time: boto3 (~130 ms), redis.asyncio
-(~110 ms) and aiohttp (~160 ms) are imported by the first call that needs them, so a
-function pays only for the clients it uses.
+Nothing here connects or imports an SDK at import time: boto3 (~130 ms) and redis.asyncio
+(~110 ms) are imported by the first call that needs them, so a function pays only for the
+clients it uses. (aiohttp sessions are the SSRF guard's: :func:`lambdaloop.ssrf.guarded_session`.)
 
 boto3 is blocking, so its calls run in a bounded thread pool (:func:`run_blocking`) whose
 size matches botocore's connection pool: more threads would only queue on the pool.
-redis.asyncio and aiohttp objects are bound to the loop that made them; they are built on
+redis.asyncio clients are bound to the loop that made them; they are built on
 the environment's loop and rebuilt only if a different loop asks (a test harness).
 """
 
@@ -20,18 +20,16 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lambdaloop.settings import get_aws_settings, get_http_settings, get_redis_settings
+from lambdaloop.settings import get_aws_settings, get_redis_settings
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-    import aiohttp
     import redis.asyncio
 
 __all__ = [
     "aclose_clients",
     "aws_client",
-    "http_session",
     "redis_client",
     "run_blocking",
 ]
@@ -42,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 _aws_lock = threading.Lock()
 _aws_clients: dict[str, Any] = {}  # cache: service name -> boto3 client
-# cache: kind ("redis", "http") -> (the loop it is bound to, client)
+# cache: kind ("redis") -> (the loop it is bound to, client)
 _loop_clients: dict[str, tuple[asyncio.AbstractEventLoop, Any]] = {}
 
 
@@ -142,24 +140,6 @@ def _build_redis() -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_pool(pool)
 
 
-def http_session() -> aiohttp.ClientSession:
-    """The environment's aiohttp session, with the connector limit raised from 100."""
-    return _on_this_loop("http", _build_http)
-
-
-def _build_http() -> aiohttp.ClientSession:
-    import aiohttp
-
-    settings = get_http_settings()
-    connector = aiohttp.TCPConnector(
-        limit=settings.limit, limit_per_host=settings.limit_per_host, ttl_dns_cache=300
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
-    )
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
-
-
 async def aclose_clients() -> None:
     """Close the clients built so far (their connections with them) and forget them: the
     next call builds new ones.
@@ -188,6 +168,6 @@ async def aclose_clients() -> None:
         client.close()  # botocore closes its connection pool (no request made)
     for kind, client in ours:
         try:
-            await (client.aclose() if kind == "redis" else client.close())
+            await client.aclose()
         except Exception:
             logger.warning("could not close the %s client", kind, exc_info=True)

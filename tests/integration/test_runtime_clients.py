@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from lambdaloop.clients import aclose_clients, http_session, redis_client
+from lambdaloop.clients import aclose_clients, redis_client
 from lambdaloop.runtime import get_loop, lambda_handler
 from lambdaloop.settings import reset_settings
+from lambdaloop.ssrf import Policy, aclose_sessions, guarded_session
 from lambdaloop_local.stack import LocalStack
 from support import LoopbackHttpServer, lambda_context
 
@@ -24,6 +25,7 @@ def redis_env(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Itera
     reset_settings()
     yield
     get_loop().run_until_complete(aclose_clients())
+    get_loop().run_until_complete(aclose_sessions())
     reset_settings()
 
 
@@ -35,7 +37,7 @@ def test_second_and_third_invocations_reuse_the_clients() -> None:
 
         @lambda_handler
         async def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-            cache, http = redis_client(), http_session()
+            cache, http = redis_client(), guarded_session(Policy.for_user_urls(True))
             clients.append((id(cache), id(http)))
             count = await cache.incr("test:invocations")
             async with http.get(f"{server.url}/hello", params={"name": event["name"]}) as r:

@@ -44,8 +44,9 @@ WARM_HANDLER = """
 import os
 import uuid
 
-from lambdaloop.clients import aws_client, http_session, redis_client, run_blocking
+from lambdaloop.clients import aws_client, redis_client, run_blocking
 from lambdaloop.runtime import get_loop, lambda_handler
+from lambdaloop.ssrf import Policy, guarded_session
 
 INIT_TOKEN = uuid.uuid4().hex  # drawn once, at init: every restore has the same
 
@@ -53,7 +54,8 @@ INIT_TOKEN = uuid.uuid4().hex  # drawn once, at init: every restore has the same
 async def use_everything():
     pong = await redis_client().ping()
     tables = await run_blocking(aws_client("dynamodb").list_tables)
-    async with http_session().get(os.environ["PEER_URL"]) as response:
+    session = guarded_session(Policy.for_user_urls(True))  # loopback: the local peer
+    async with session.get(os.environ["PEER_URL"]) as response:
         body = await response.json()
     return {
         "redis": pong,

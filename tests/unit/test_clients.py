@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lambdaloop.clients import aclose_clients, aws_client, http_session, redis_client, run_blocking
+from lambdaloop.clients import aclose_clients, aws_client, redis_client, run_blocking
 from lambdaloop.runtime import get_loop
 from lambdaloop.settings import reset_settings
 
@@ -59,17 +59,6 @@ def test_redis_fails_fast_without_retries() -> None:
 
     assert timeout == 0.05
     assert retries == 0
-    assert same is True
-
-
-def test_the_http_session_raises_aiohttp_connection_limit() -> None:
-    async def build() -> tuple[int, bool]:
-        session = http_session()
-        return session.connector.limit if session.connector else 0, http_session() is session
-
-    limit, same = get_loop().run_until_complete(build())
-
-    assert limit == 300
     assert same is True
 
 

@@ -90,3 +90,34 @@ def test_settings_are_read_once_until_reset(monkeypatch: pytest.MonkeyPatch) -> 
     reset_settings()
     assert get_redis_settings().url == "redis://second:6379/0"
     reset_settings()
+
+
+@pytest.mark.parametrize(
+    ("environ", "region"),
+    [
+        ({}, None),
+        ({"AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),
+        ({"AWS_REGION": "us-east-2", "AWS_DEFAULT_REGION": "eu-west-1"}, "us-east-2"),
+        ({"AWS_REGION": " ", "AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),
+    ],
+)
+def test_a_field_takes_the_first_of_its_variables_that_is_set(
+    environ: dict[str, str], region: str | None
+) -> None:
+    assert AwsSettings.from_env(environ).region == region
+
+
+def test_the_metrics_namespace_falls_back_to_the_service_and_tracing_is_off_by_default() -> None:
+    settings = RuntimeSettings.from_env({"POWERTOOLS_SERVICE_NAME": "billing"})
+
+    assert (settings.service, settings.metrics_namespace) == ("billing", "billing")
+    assert settings.tracing is False
+    assert RuntimeSettings.from_env({"POWERTOOLS_TRACE_DISABLED": "false"}).tracing is True
+
+
+def test_settings_are_built_directly_with_the_declared_defaults() -> None:
+    settings = RedisSettings(url="redis://cache:6379/0")
+
+    assert (settings.socket_timeout_s, settings.max_connections) == (0.1, 64)
+    with pytest.raises(TypeError):
+        RedisSettings()  # the URL has no default

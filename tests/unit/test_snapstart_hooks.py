@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from lambdaloop import clients, snapstart
-from lambdaloop.clients import aclose_clients, aws_client, http_session, redis_client
+from lambdaloop.clients import aclose_clients, aws_client, redis_client
 from lambdaloop.runtime import get_loop
 from lambdaloop.settings import reset_settings
+from lambdaloop.ssrf import Policy, aclose_sessions, guarded_session
 from lambdaloop_local.stack import RUNTIME_HOOKS
 
 HOOKS_STAND_IN = RUNTIME_HOOKS / "snapshot_restore_py.py"
@@ -31,6 +32,7 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_loop().run_until_complete(aclose_clients())
     yield
     get_loop().run_until_complete(aclose_clients())
+    get_loop().run_until_complete(aclose_sessions())
     reset_settings()
 
 
@@ -69,7 +71,7 @@ def test_after_a_restore_the_loop_and_every_client_are_new() -> None:
     old_loop = get_loop()
 
     async def build() -> tuple[Any, Any]:
-        return redis_client(), http_session()
+        return redis_client(), guarded_session(Policy.for_user_urls(True))
 
     old_redis, old_http = old_loop.run_until_complete(build())
     old_dynamodb = aws_client("dynamodb")

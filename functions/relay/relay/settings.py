@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lambdaloop.settings import EnvReader
+from lambdaloop.settings import Settings, url
 
 __all__ = ["RelaySettings", "get_relay_settings"]
 
 
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    notify_queue_url: str
-    jobs_queue_url: str
-    compute_queue_url: str
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:
-        env = EnvReader(environ)
-        settings = cls(
-            notify_queue_url=env.url("NOTIFY_QUEUE_URL", ("https", "http")),
-            jobs_queue_url=env.url("JOBS_QUEUE_URL", ("https", "http")),
-            compute_queue_url=env.url("COMPUTE_QUEUE_URL", ("https", "http")),
-        )
-        env.check()
-        return settings
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelaySettings(Settings):
+    notify_queue_url: str = url("NOTIFY_QUEUE_URL")
+    jobs_queue_url: str = url("JOBS_QUEUE_URL")
+    compute_queue_url: str = url("COMPUTE_QUEUE_URL")
 
 
 @functools.cache
