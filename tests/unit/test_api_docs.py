@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
+import sys
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -176,3 +178,24 @@ def test_the_app_serves_the_docs_routes_once_each() -> None:
 
     for path in ("/docs", "/docs/oauth2-redirect", "/docs/assets/{asset}"):
         assert paths.count(path) == 1, paths
+
+
+def test_local_mode_without_the_package_falls_back_to_the_cdn(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an environment without fastapi-offline (sam local runs the built layer)
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # import finds nothing
+
+    # (caplog's handler on the module's own logger: a handler imported earlier in the session
+    # routes the "api" loggers to the function's logger, away from the root's)
+    docs_logger = logging.getLogger(docs.__name__)
+    docs_logger.addHandler(caplog.handler)
+    try:
+        local = handler(local=True)
+    finally:
+        docs_logger.removeHandler(caplog.handler)
+    page = get(local, "/docs")
+
+    assert any(url.startswith("https://cdn.") for url in page_urls(page))
+    assert get(local, "/docs/assets/swagger-ui.css")["statusCode"] == 404
+    assert "fastapi_offline is not installed" in caplog.text

@@ -4,15 +4,15 @@ The emulator may run with no internet, so in local mode the page loads Swagger U
 ``GET /docs/assets/{asset}`` (a public route, like ``/docs``: the browser sends no token for a
 script), which serves a fixed set of files from the ``fastapi-offline`` package (Swagger UI 5,
 which renders OpenAPI 3.1). The Lambda layer does not carry that package, so the deployed
-stack keeps the CDN and answers 404 there.
+stack keeps the CDN and answers 404 there; so does local mode without the package (sam local's
+containers run the built layer).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
+import logging
 from dataclasses import dataclass
-from importlib import resources
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -21,6 +21,8 @@ from fastapi.responses import HTMLResponse
 from api.errors import NotFound
 
 __all__ = ["ASSETS", "ASSETS_PATH", "DOCS_PATH", "OAUTH2_REDIRECT_PATH", "install"]
+
+logger = logging.getLogger(__name__)
 
 DOCS_PATH = "/docs"
 OAUTH2_REDIRECT_PATH = "/docs/oauth2-redirect"
@@ -52,6 +54,9 @@ class _Asset:
 @functools.cache
 def _asset(name: str) -> _Asset:
     """The packaged file ``name`` (a key of ASSETS), read once per execution environment."""
+    import hashlib  # local mode only: the deployed cold start needs neither
+    from importlib import resources
+
     body = (resources.files(_PACKAGE) / _FOLDER / name).read_bytes()
     return _Asset(body, ASSETS[name], f'"{hashlib.sha256(body).hexdigest()[:20]}"')
 
@@ -67,6 +72,9 @@ def install(app: FastAPI, *, local: bool | None = None) -> None:
         from lambdaloop.settings import get_runtime_settings
 
         local = get_runtime_settings().local_mode
+    if local and not _packaged():
+        logger.warning("/docs loads Swagger UI from a CDN: %s is not installed", _PACKAGE)
+        local = False
     openapi_url = app.openapi_url or "/openapi.json"
 
     async def swagger_ui(request: Request) -> HTMLResponse:
@@ -111,6 +119,12 @@ def install(app: FastAPI, *, local: bool | None = None) -> None:
     app.add_route(DOCS_PATH, swagger_ui, include_in_schema=False)
     app.add_route(OAUTH2_REDIRECT_PATH, oauth2_redirect, include_in_schema=False)
     app.add_route(ASSETS_PATH + "/{asset}", asset, include_in_schema=False)
+
+
+def _packaged() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(_PACKAGE) is not None
 
 
 def _etags(header: str) -> set[str]:
