@@ -21,7 +21,6 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("LAMBDALOOP_REDIS_TIMEOUT_S", "0.05")
     monkeypatch.setenv("LAMBDALOOP_AWS_POOL_SIZE", "7")
-    monkeypatch.setenv("LAMBDALOOP_HTTP_LIMIT", "300")
     reset_settings()
     get_loop().run_until_complete(aclose_clients())
     yield
