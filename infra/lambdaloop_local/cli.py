@@ -41,6 +41,7 @@ from lambdaloop_local.template import TEMPLATE_PATH, TemplateError, load_templat
 
 if TYPE_CHECKING:
     from lambdaloop_local.stack import LocalStack
+    from lambdaloop_local.streams import StreamEventSource
 
 __all__ = ["main"]
 
@@ -121,6 +122,7 @@ async def _serve_bundle(args: argparse.Namespace, stack: LocalStack) -> int:
     runner: web.ServerRunner | None = None
     stop = asyncio.Event()
     pollers: list[asyncio.Task[None]] = []
+    readers = _StreamReaders(stack)
     try:
         routes = http_api_routes(stack.template)
         authorizer = JwtAuthorizer(SigningKey.load_or_create(_state_dir(args.template)))
@@ -134,7 +136,8 @@ async def _serve_bundle(args: argparse.Namespace, stack: LocalStack) -> int:
         sources = stack.sqs_event_sources()
         streams = stack.stream_event_sources()
         pollers = [asyncio.create_task(source.run(stop)) for source in sources]
-        pollers += [asyncio.create_task(stream.run(stop)) for stream in streams]
+        readers.start(streams)
+        stack.supervisor.after_restart("moto", readers.restart_soon)
         runner = web.ServerRunner(make_server(routes, invoke, authorizer))
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
@@ -164,10 +167,45 @@ async def _serve_bundle(args: argparse.Namespace, stack: LocalStack) -> int:
         print("stopping...", flush=True)
     finally:
         stop.set()
-        await asyncio.gather(*pollers, return_exceptions=True)
+        readers.close()
+        await asyncio.gather(*pollers, *readers.tasks, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
     return 0
+
+
+class _StreamReaders:
+    """The stream event sources of ``dev``. A restarted moto has new streams (a stream's ARN
+    ends with its creation time): the readers of the old ones stop, and new ones start on the
+    new streams from their beginning."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self._stack = stack
+        self._generation = asyncio.Event()  # set: the current readers stop
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self, streams: Sequence[StreamEventSource]) -> None:
+        self.tasks += [asyncio.create_task(s.run(self._generation)) for s in streams]
+
+    def restart_soon(self) -> None:
+        """Called on the supervisor's thread once moto's resources are made again."""
+        self._loop.call_soon_threadsafe(self._restart)
+
+    def _restart(self) -> None:
+        if self._closed:
+            return
+        self._generation.set()
+        self._generation = asyncio.Event()
+        streams = self._stack.stream_event_sources()
+        for stream in streams:
+            logger.warning("reading the new stream %s", stream.config.stream_arn)
+        self.start(streams)
+
+    def close(self) -> None:
+        self._closed = True
+        self._generation.set()
 
 
 async def _serve_services(args: argparse.Namespace, stack: LocalStack) -> int:

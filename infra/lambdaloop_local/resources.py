@@ -61,6 +61,8 @@ class LocalResources:
 
     refs: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: Each secret's value by logical id, so that one made again (a restarted moto) keeps it.
+    secret_values: dict[str, str] = field(default_factory=dict, repr=False)
 
     def resolver(self, template: Template, pseudo: Pseudo) -> Resolver:
         return Resolver(
@@ -83,9 +85,14 @@ def create_resources(
     pseudo: Pseudo,
     cache_host: str,
     cache_port: int,
+    *,
+    previous: LocalResources | None = None,
 ) -> LocalResources:
     """Create the template's tables, queues and buckets with ``client(service)`` (boto3
-    clients pointed at moto), and return the values their intrinsics resolve to locally."""
+    clients pointed at moto), and return the values their intrinsics resolve to locally.
+
+    ``previous`` is what an earlier run against the same stack made: a secret that is gone
+    (moto restarted) is made again with its earlier ARN and value."""
     local = LocalResources()
     for logical_id in template.resources:
         # Every resource can be Ref'd; data resources get their real values below.
@@ -97,7 +104,7 @@ def create_resources(
     _create_tables(template, client("dynamodb"), resolver, local, pseudo)
     _create_queues(template, client("sqs"), resolver, local, pseudo)
     _create_buckets(template, client("s3"), resolver, local, pseudo)
-    _create_secrets(template, client("secretsmanager"), resolver, local, pseudo)
+    _create_secrets(template, client("secretsmanager"), resolver, local, pseudo, previous=previous)
     return local
 
 
@@ -117,6 +124,16 @@ def _create_tables(
                 TableName=name, BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"), **request
             )
             client.get_waiter("table_exists").wait(TableName=name)
+            ttl = props.get("TimeToLiveSpecification")
+            if ttl and str(ttl.get("Enabled", "false")).lower() == "true":
+                # moto then deletes the expired items, as DynamoDB's TTL does (moto_patches).
+                client.update_time_to_live(
+                    TableName=name,
+                    TimeToLiveSpecification={
+                        "Enabled": True,
+                        "AttributeName": ttl["AttributeName"],
+                    },
+                )
         arn = f"arn:aws:dynamodb:{pseudo.region}:{ACCOUNT_ID}:table/{name}"
         local.refs[logical_id] = name
         local.attributes[f"{logical_id}.Arn"] = arn
@@ -195,20 +212,40 @@ def _create_buckets(
 
 
 def _create_secrets(
-    template: Template, client: Any, resolver: Resolver, local: LocalResources, pseudo: Pseudo
+    template: Template,
+    client: Any,
+    resolver: Resolver,
+    local: LocalResources,
+    pseudo: Pseudo,
+    *,
+    previous: LocalResources | None,
 ) -> None:
     """Secrets with their ``SecretString``, or a value made as ``GenerateSecretString`` asks
-    (length, punctuation); an existing secret keeps its value (the receivers know it)."""
+    (length, punctuation); an existing secret keeps its value (the receivers know it), and so
+    does one made again after moto lost it, with its ARN (moto's ``_custom_id_`` tag sets the
+    ARN's random suffix)."""
     for logical_id, resource in template.of_type("AWS::SecretsManager::Secret").items():
         props = resolver.resolve(resource.get("Properties") or {})
         name = props.get("Name") or _physical_name(logical_id, pseudo)
+        known = previous.secret_values.get(logical_id) if previous else None
         try:
             arn = client.describe_secret(SecretId=name)["ARN"]
+            value = known or client.get_secret_value(SecretId=name)["SecretString"]
         except client.exceptions.ResourceNotFoundException:
-            value = props.get("SecretString") or _generate(props.get("GenerateSecretString") or {})
-            arn = client.create_secret(Name=name, SecretString=value)["ARN"]
+            value = (
+                known
+                or props.get("SecretString")
+                or _generate(props.get("GenerateSecretString") or {})
+            )
+            request: dict[str, Any] = {"Name": name, "SecretString": value}
+            earlier = previous.refs.get(logical_id) if previous else None
+            if isinstance(earlier, str) and earlier.startswith("arn:aws:secretsmanager:"):
+                suffix = earlier.rsplit("-", 1)[1]
+                request["Tags"] = [{"Key": "_custom_id_", "Value": suffix}]
+            arn = client.create_secret(**request)["ARN"]
         local.refs[logical_id] = arn
         local.attributes[f"{logical_id}.Id"] = arn
+        local.secret_values[logical_id] = value
 
 
 def _generate(spec: dict[str, Any]) -> str:

@@ -2,25 +2,24 @@
 
 One mechanism for ``lambdaloop dev`` and for the test suite's fixtures:
 
-- :class:`MotoServer`: moto in server mode, in this process (``moto.server.ThreadedMotoServer``).
+- :class:`MotoServer`: moto in server mode, in a child process of its own
+  (:mod:`lambdaloop_local.moto_child`).
 - :class:`RedisServer`: a real ``redis-server`` child process on a free port when the binary is
   on PATH, else an embedded ``fakeredis.TcpFakeServer`` served from a thread.
 - :class:`SilentServer`: accepts TCP connections and never answers (a hung Redis or dependency).
 
 Every class starts with ``start()`` (which returns only once the server answers), stops with an
 idempotent ``stop()``, and is a context manager. Nothing outlives ``stop()``: no child process,
-no thread, no listening socket. A real ``redis-server`` is also registered with :mod:`atexit` as a
-last resort, so an interrupted run leaves nothing running.
+no thread, no listening socket. A child process is waited on by a thread, so one that dies is
+reaped at once and a supervisor (:mod:`lambdaloop_local.supervisor`) can restart it; each is
+also registered with :mod:`atexit` as a last resort, so an interrupted run leaves nothing
+running.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
-import hashlib
-import http.client
-import json
 import logging
 import re
 import selectors
@@ -28,20 +27,23 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from fakeredis import TcpFakeServer
-from moto.server import ThreadedMotoServer
+
+from lambdaloop_local.moto_patches import Bounds
 
 __all__ = [
+    "ChildProcessServer",
     "MotoServer",
     "RedisServer",
     "ServiceError",
@@ -52,7 +54,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _START_TIMEOUT = 10.0  # seconds a server gets to answer after start()
-_STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for redis-server
+_CHILD_START_TIMEOUT = 60.0  # seconds the moto child gets to import moto and serve
+_STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a child process
 _PROBE_TIMEOUT = 0.2  # one readiness probe (connect + request + reply)
 _POLL_INTERVAL = 0.02  # pause between readiness probes
 _FAKE_POLL_INTERVAL = 0.1  # how often the fakeredis accept loop checks for shutdown
@@ -73,21 +76,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _ensure_port_free(host: str, port: int, what: str) -> None:
-    """Raise :class:`ServiceError` when something already listens on ``host:port``.
-
-    Uses SO_REUSEADDR like the servers do, so a port left in TIME_WAIT by a stopped server counts
-    as free (the server will be able to bind it) and only a live listener counts as taken.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            msg = f"{what}: cannot listen on {host}:{port} ({exc.strerror}); is the port taken?"
-            raise ServiceError(msg) from exc
 
 
 def _redis_answers(host: str, port: int) -> bool:
@@ -123,271 +111,304 @@ class _Managed:
         self.stop()
 
 
-_dynamodb_lock = threading.Lock()
-
-#: How long DynamoDB remembers a TransactWriteItems' ClientRequestToken after the request.
-_CLIENT_TOKEN_TTL_S = 600.0
-#: Where a moto DynamoDB backend keeps the tokens: an attribute of the backend object, so
-#: moto's reset (which clears every backend's attributes) forgets them with the tables.
-_CLIENT_TOKENS_ATTRIBUTE = "_lambdaloop_client_tokens"
+#: What a supervisor is told when a child process dies on its own: the server, its pid, and
+#: its exit status (negative: the signal that ended it).
+DeathCallback = Callable[["ChildProcessServer", int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class _CompletedTransaction:
-    digest: str
-    response: tuple[int, dict[str, Any], Any]
-    completed_at: float
+class ChildProcessServer(_Managed):
+    """A server that runs as a child process, with a thread that waits on it.
 
-
-def _serialize_dynamodb_requests() -> None:
-    """Make moto's DynamoDB requests take turns, as AWS applies each write atomically, and
-    make TransactWriteItems honour ClientRequestToken, which moto ignores.
-
-    moto's server answers every request on its own thread, and its DynamoDB backend has no
-    lock: two conditional writes to one item can both pass their condition before either is
-    applied (an optimistic update then loses a write that AWS would have refused). One lock
-    around each DynamoDB request restores DynamoDB's behaviour; moto holds the GIL throughout
-    anyway, so little is lost. Idempotent.
+    The thread reaps the process as soon as it exits, so a server that dies never lingers as a
+    zombie. When it dies on its own (not through :meth:`stop`), the callback given to
+    :meth:`supervise` is told, on that thread, and may call :meth:`revive` to start it again on
+    the same port; without one, it stays down until :meth:`start`. Nothing outlives
+    :meth:`stop`: it ends the process and joins every thread; :mod:`atexit` ends a process
+    nobody stopped.
     """
-    from moto.dynamodb.responses import DynamoHandler
 
-    call_action = DynamoHandler.call_action
-    if getattr(call_action, "_lambdaloop_serialized", False):
-        return
+    #: The process's name in log lines.
+    process_name = "server"
 
-    @functools.wraps(call_action)
-    def serialized(self: DynamoHandler) -> Any:
-        with _dynamodb_lock:
-            if self._get_action() == "TransactWriteItems":
-                return _transact_write_items(self, lambda: call_action(self))
-            return call_action(self)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._wanted = False  # between start() and stop() or kill()
+        self._watchers: list[threading.Thread] = []
+        self._on_death: DeathCallback | None = None
+        self._atexit_registered = False
 
-    serialized._lambdaloop_serialized = True  # type: ignore[attr-defined]
-    DynamoHandler.call_action = serialized  # type: ignore[method-assign]
+    @property
+    def pid(self) -> int | None:
+        """The process's pid while it runs; None when it does not."""
+        with self._lock:
+            proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return None
+        return proc.pid
 
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` the server listens on (the same after a restart)."""
+        raise NotImplementedError
 
-def _transact_write_items(handler: Any, call: Any) -> Any:
-    """A TransactWriteItems as DynamoDB runs it: for 10 minutes after a request with a
-    ClientRequestToken succeeds, the same request again succeeds without writing anything
-    (even where its conditions would now fail), and the token with another request fails
-    with IdempotentParameterMismatchException.
+    def supervise(self, on_death: DeathCallback | None) -> None:
+        """Have ``on_death(server, pid, status)`` called when the process dies on its own."""
+        with self._lock:
+            self._on_death = on_death
 
-    Only a success is remembered. AWS documents the success case alone ("If the original
-    TransactWriteItems call was successful, the subsequent TransactWriteItems calls with the
-    same client token return successfully without making any changes"); a cancelled or
-    rejected transaction wrote nothing, so a repeat is run as a new request, which is what
-    the SDKs' retries of a failed call expect. Runs under the DynamoDB lock.
-    """
-    request = json.loads(handler.body or "{}") if isinstance(handler.body, str | bytes) else {}
-    token = request.pop("ClientRequestToken", None)
-    if not token:
-        return call()
-    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-    backend = handler.dynamodb_backend
-    tokens: dict[str, _CompletedTransaction] = backend.__dict__.setdefault(
-        _CLIENT_TOKENS_ATTRIBUTE, {}
-    )
-    now = time.monotonic()
-    for old in [t for t, done in tokens.items() if now - done.completed_at > _CLIENT_TOKEN_TTL_S]:
-        del tokens[old]
-    done = tokens.get(token)
-    if done is not None and done.digest != digest:
-        return _idempotent_parameter_mismatch()
-    if done is not None:
-        status, headers, body = done.response
-        return status, dict(headers), body
-    status, headers, body = call()
-    if status == 200:
-        tokens[token] = _CompletedTransaction(
-            digest, (status, dict(headers), body), time.monotonic()
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process and return it once it serves; raise ServiceError (with nothing
+        left running) when it does not."""
+        raise NotImplementedError
+
+    def _launch(self) -> None:
+        """Start the process (start()'s part once the port is settled)."""
+        proc = self._spawn()
+        with self._lock:
+            self._wanted = True
+            self._adopt(proc)
+        if not self._atexit_registered:
+            atexit.register(self._kill_at_exit)
+            self._atexit_registered = True
+
+    def _adopt(self, proc: subprocess.Popen[bytes]) -> None:
+        """Make ``proc`` the server's process and start waiting on it (under the lock)."""
+        self._proc = proc
+        watcher = threading.Thread(
+            target=self._watch,
+            args=(proc,),
+            name=f"{self.process_name}-{proc.pid}-watch",
+            daemon=True,
         )
-    return status, headers, body
+        self._watchers.append(watcher)
+        watcher.start()
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        status = proc.wait()
+        with self._lock:
+            if self._proc is not proc:
+                return  # stopped, killed or replaced on purpose
+            self._proc = None
+            on_death = self._on_death
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if on_death is None:
+            logger.warning(
+                "%s pid %d on %s exited (%s); it stays down until it is started again",
+                self.process_name,
+                proc.pid,
+                self.address,
+                describe_exit(status),
+            )
+            self._died_unsupervised()
+            return
+        on_death(self, proc.pid, status)
+
+    def _died_unsupervised(self) -> None:
+        """What the server does when its process died and nobody restarts it."""
+
+    def revive(self) -> bool:
+        """Start the process again after it died on its own, on the same port. False (and
+        nothing started) when it was stopped meanwhile or already runs again."""
+        with self._lock:
+            if not self._wanted or self._proc is not None:
+                return False
+        proc = self._spawn()
+        with self._lock:
+            if self._wanted and self._proc is None:
+                self._adopt(proc)
+                return True
+        _end(proc, self.process_name)  # stop() came first: it must not outlive it
+        return False
+
+    def stop(self) -> None:
+        """End the process and join the threads that watched it. Idempotent."""
+        with self._lock:
+            self._wanted = False
+            proc, self._proc = self._proc, None
+            watchers, self._watchers = self._watchers, []
+        try:
+            if proc is not None:
+                _end(proc, self.process_name)
+        finally:
+            for watcher in watchers:
+                if watcher is not threading.current_thread():
+                    watcher.join()
+            self._stopped()
+            if self._atexit_registered:
+                atexit.unregister(self._kill_at_exit)
+                self._atexit_registered = False
+
+    def _stopped(self) -> None:
+        """Release what the server holds besides its process (stop()'s last step)."""
+
+    def _kill_at_exit(self) -> None:
+        """Last resort at interpreter exit for a server nobody stopped."""
+        with self._lock:
+            self._wanted = False
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            logger.warning("%s pid %d was never stopped; killing it", self.process_name, proc.pid)
+            proc.kill()
+            proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
+        self._stopped()
 
 
-def _idempotent_parameter_mismatch() -> tuple[int, dict[str, Any], str]:
-    from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
-
-    error = DynamodbException(
-        ERROR_TYPE_PREFIX + "IdempotentParameterMismatchException",
-        "Request parameters do not match the request that first used this client token",
-    )
-    return 400, dict(error.get_headers()), error.get_body()
+def describe_exit(status: int) -> str:
+    """``killed by SIGKILL`` or ``exit status 1``, from a Popen return code."""
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+    return f"exit status {status}"
 
 
-#: AWS expires a shard iterator 15 minutes after handing it out.
-_SHARD_ITERATOR_TTL_S = 900.0
-_streams_lock = threading.Lock()
+def _end(proc: subprocess.Popen[bytes], name: str) -> None:
+    """SIGTERM, then SIGKILL after a grace period; always reaped, its stdin closed."""
+    try:
+        proc.send_signal(signal.SIGTERM)  # no-op if it has already exited
+        try:
+            proc.wait(timeout=_STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s pid %d ignored SIGTERM; killing it", name, proc.pid)
+            proc.kill()
+    finally:
+        proc.wait()  # always reap, even when interrupted above
+        if proc.stdin is not None:
+            proc.stdin.close()
+    logger.info("%s pid %d stopped", name, proc.pid)
 
 
-def _expire_shard_iterators() -> None:
-    """Make moto's DynamoDB Streams forget shard iterators after 15 minutes, as AWS does.
+class MotoServer(ChildProcessServer):
+    """moto in server mode, in a child process (``python -m lambdaloop_local.moto_child``)
+    with the patches of :mod:`lambdaloop_local.moto_patches` and their memory ``bounds``.
 
-    moto keeps every iterator it hands out, and each GetRecords hands out one: a stream
-    poller (four reads a second) would grow the process by tens of MB an hour. An expired or
-    unknown iterator gets AWS's ExpiredIteratorException rather than moto's server error.
-    Idempotent.
-    """
-    from moto.core.exceptions import JsonRESTError
-    from moto.dynamodbstreams.models import DynamoDBStreamsBackend
-
-    get_shard_iterator = DynamoDBStreamsBackend.get_shard_iterator
-    get_records = DynamoDBStreamsBackend.get_records
-    if getattr(get_records, "_lambdaloop_expiring", False):
-        return
-    born: dict[str, float] = {}  # iterator ARN -> when it was handed out, oldest first
-
-    def forget_expired(backend: DynamoDBStreamsBackend) -> None:
-        deadline = time.monotonic() - _SHARD_ITERATOR_TTL_S
-        while born and next(iter(born.values())) < deadline:
-            arn = next(iter(born))
-            del born[arn]
-            backend.shard_iterators.pop(arn, None)
-
-    @functools.wraps(get_shard_iterator)
-    def expiring_iterator(self: DynamoDBStreamsBackend, *args: Any, **kwargs: Any) -> Any:
-        with _streams_lock:
-            forget_expired(self)
-            iterator = get_shard_iterator(self, *args, **kwargs)
-            born[iterator.arn] = time.monotonic()
-            return iterator
-
-    @functools.wraps(get_records)
-    def expiring_records(self: DynamoDBStreamsBackend, iterator_arn: str, limit: int) -> Any:
-        with _streams_lock:
-            forget_expired(self)
-            if iterator_arn not in self.shard_iterators:
-                raise JsonRESTError(
-                    "ExpiredIteratorException", "The shard iterator has expired or is unknown"
-                )
-            result = get_records(self, iterator_arn, limit)
-            born[result["NextShardIterator"]] = time.monotonic()
-            return result
-
-    expiring_records._lambdaloop_expiring = True  # type: ignore[attr-defined]
-    DynamoDBStreamsBackend.get_shard_iterator = expiring_iterator  # type: ignore[method-assign]
-    DynamoDBStreamsBackend.get_records = expiring_records  # type: ignore[method-assign]
-
-
-_sqs_receive_lock = threading.Lock()
-
-
-def _serialize_sqs_receives() -> None:
-    """Make each of moto's SQS receives take its messages alone, as SQS hides a received message.
-
-    moto checks that a message is visible and then marks it received without a lock, so two
-    concurrent ReceiveMessage calls can both take the same message. SQS makes a received
-    message invisible to every other receive for its visibility timeout. Each pass over the
-    queue now runs under one lock; the long-poll wait runs outside it, so a waiting poller
-    does not hold up the others. Idempotent.
-    """
-    from moto.sqs.models import SQSBackend
-
-    receive = SQSBackend.receive_message
-    if getattr(receive, "_lambdaloop_serialized", False):
-        return
-
-    @functools.wraps(receive)
-    def serialized(
-        self: SQSBackend,
-        queue_name: str,
-        count: int,
-        wait_seconds_timeout: int,
-        visibility_timeout: int,
-        *rest: Any,
-    ) -> Any:
-        deadline = time.monotonic() + wait_seconds_timeout
-        while True:
-            with _sqs_receive_lock:
-                taken = receive(self, queue_name, count, 0, visibility_timeout, *rest)
-            left = deadline - time.monotonic()
-            if taken or left <= 0:
-                return taken
-            self.get_queue(queue_name).wait_for_messages(min(1.0, left))  # type: ignore[arg-type]
-
-    serialized._lambdaloop_serialized = True  # type: ignore[attr-defined]
-    SQSBackend.receive_message = serialized  # type: ignore[method-assign,assignment]
-
-
-class MotoServer(_Managed):
-    """moto in server mode, in-process (moto.server.ThreadedMotoServer).
-
-    moto keeps its backends in module globals, so every MotoServer in one process (and any
-    ``mock_aws`` in it) shares the same state; :meth:`reset` clears all of it.
+    The listening socket is this process's: it is bound at start() (port 0 picks a free
+    port), handed to each child, and closed at stop(), so the port stays the same and taken
+    while moto restarts. Each MotoServer has its own state; :meth:`reset` clears it.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5000) -> None:
+    process_name = "moto"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5000, bounds: Bounds | None = None):
+        super().__init__()
         self._host = host
         self._port = port  # 0 = pick a free port at start()
-        self._server: ThreadedMotoServer | None = None
-        self._bound: tuple[str, int] | None = None
+        self._bounds = bounds or Bounds()
+        self._listener: socket.socket | None = None
 
     @property
     def endpoint_url(self) -> str:
         """``http://HOST:PORT`` of the running server (what boto3's ``endpoint_url`` takes)."""
-        if self._bound is None:
+        return f"http://{self.address}"
+
+    @property
+    def address(self) -> str:
+        listener = self._listener
+        if listener is None:
             msg = "MotoServer is not running; call start() first"
             raise ServiceError(msg)
-        host, port = self._bound
-        return f"http://{host}:{port}"
+        host, port = listener.getsockname()[:2]
+        return f"{host}:{port}"
 
     def start(self) -> None:
-        """Start serving; return once the server answers HTTP. No-op when already running."""
-        if self._server is not None:
+        """Start serving; return once the server answers. No-op when already running."""
+        if self.pid is not None:
             return
-        if self._port != 0:
-            # ThreadedMotoServer.start() waits without a bound for its thread to bind: when the
-            # bind fails, the thread dies and start() never returns. Check first. (A process
-            # taking the port between this check and the bind is the one case left uncovered.)
-            _ensure_port_free(self._host, self._port, "moto server")
-        _serialize_dynamodb_requests()
-        _serialize_sqs_receives()
-        _expire_shard_iterators()
-        server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
-        server.start()
-        self._server = server
+        self._listen()
         try:
-            host, port = server.get_host_and_port()
-            self._bound = (host, port)
-            self._wait_until_answering()
+            self._launch()
         except BaseException:
             self.stop()
             raise
-        logger.info("moto server listening on %s", self.endpoint_url)
+        logger.info("moto server listening on %s (pid %s)", self.endpoint_url, self.pid)
 
-    def _wait_until_answering(self) -> None:
-        assert self._bound is not None
-        host, port = self._bound
-        deadline = time.monotonic() + _START_TIMEOUT
-        while True:
-            conn = http.client.HTTPConnection(host, port, timeout=_PROBE_TIMEOUT)
-            try:
-                conn.request("HEAD", "/moto-api/")
-                conn.getresponse().read()
-            except OSError:
-                if time.monotonic() >= deadline:
-                    msg = f"moto server on {host}:{port} did not answer within {_START_TIMEOUT}s"
-                    raise ServiceError(msg) from None
-                time.sleep(_POLL_INTERVAL)
-            else:
-                return
-            finally:
-                conn.close()
-
-    def stop(self) -> None:
-        """Stop serving and free the port. Idempotent."""
-        server, self._server = self._server, None
-        self._bound = None
-        if server is None:
+    def _listen(self) -> None:
+        if self._listener is not None:
             return
-        # Shuts the werkzeug server down, which closes the listening socket, and joins its thread.
-        server.stop()
-        logger.info("moto server stopped")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self._host, self._port))
+            listener.listen(128)
+        except OSError as exc:
+            listener.close()
+            msg = (
+                f"moto server: cannot listen on {self._host}:{self._port} ({exc.strerror});"
+                " is the port taken?"
+            )
+            raise ServiceError(msg) from exc
+        self._listener = listener
+        self._port = listener.getsockname()[1]  # the same port on every restart
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        listener = self._listener
+        if listener is None:  # it died unsupervised, then start() was called
+            self._listen()
+            listener = self._listener
+            assert listener is not None
+        bounds = self._bounds
+        argv = [
+            sys.executable, "-m", "lambdaloop_local.moto_child",
+            "--host", self._host,
+            "--port", str(self._port),
+            "--fd", str(listener.fileno()),
+            "--watch-stdin",
+            "--stream-records", str(bounds.stream_records),
+            "--ttl-sweep-s", str(bounds.ttl_sweep_s),
+            "--deleted-handles", str(bounds.deleted_handles),
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,  # its end of file tells the child this process is gone
+            stdout=subprocess.PIPE,  # one line, "ready", once it serves
+            pass_fds=(listener.fileno(),),
+        )
+        try:
+            _wait_for_ready_line(proc, f"moto server on {self.address}")
+        except BaseException:
+            _end(proc, self.process_name)
+            raise
+        return proc
+
+    def _died_unsupervised(self) -> None:
+        # Nobody will serve the port: clients get "connection refused", as from a dead server,
+        # rather than waiting in the backlog of a socket that is never accepted from.
+        self._close_listener()
+
+    def _stopped(self) -> None:
+        self._close_listener()
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
 
     def reset(self) -> None:
         """Clear all moto state (``POST /moto-api/reset``); for tests."""
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
         with urllib.request.urlopen(request, timeout=_START_TIMEOUT) as response:
             response.read()
+
+
+def _wait_for_ready_line(proc: subprocess.Popen[bytes], what: str) -> None:
+    """Wait for the child's "ready" line on its stdout; raise ServiceError when it exits or
+    stays silent for ``_CHILD_START_TIMEOUT``."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        ready = selector.select(timeout=_CHILD_START_TIMEOUT)
+    line = proc.stdout.readline() if ready else b""
+    proc.stdout.close()
+    if line.strip() == b"ready":
+        return
+    if ready:  # end of file: it exited
+        msg = f"{what} exited before serving ({describe_exit(proc.wait())})"
+    else:
+        msg = f"{what} did not start within {_CHILD_START_TIMEOUT}s"
+    raise ServiceError(msg)
 
 
 class _RedisEndpoint(_Managed):
@@ -413,13 +434,15 @@ class _RedisEndpoint(_Managed):
         return f"redis://{self._host}:{self.port}/0"
 
 
-class RedisServer(_RedisEndpoint):
+class RedisServer(_RedisEndpoint, ChildProcessServer):
     """A real redis-server on a free port when the binary is on PATH, else an embedded fakeredis
     TCP server.
 
-    Port 0 picks a free port at the first start(); restart() reuses it. Data does not survive a
-    stop, kill or restart (no RDB, no AOF).
+    Port 0 picks a free port at the first start(); restart() and a supervisor's revive() reuse
+    it. Data does not survive a stop, kill or restart (no RDB, no AOF).
     """
+
+    process_name = "redis-server"
 
     def __init__(
         self,
@@ -428,16 +451,14 @@ class RedisServer(_RedisEndpoint):
         prefer_real: bool = True,
         binary: str | None = None,
     ) -> None:
+        ChildProcessServer.__init__(self)
         self._host = host
         self._port = port
         self._binary: str | None = None
         if prefer_real:
             self._binary = binary or shutil.which("redis-server")
         self._version: str | None = None
-        # real redis-server
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._dir: Path | None = None
-        self._atexit_registered = False
+        self._dir: Path | None = None  # the real redis-server's folder (its log)
         # embedded fakeredis
         self._fake: TcpFakeServer | None = None
         self._fake_thread: threading.Thread | None = None
@@ -459,20 +480,23 @@ class RedisServer(_RedisEndpoint):
         return f"redis-server {self._version}"
 
     @property
-    def pid(self) -> int | None:
-        """The redis-server's pid while it runs; None when it does not, or for the fake."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
+    def address(self) -> str:
+        return f"{self._host}:{self.port}"
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the server; return once it answers PING. No-op when already running."""
-        if self._proc is not None or self._fake is not None:
+        if self.pid is not None or self._fake is not None:
             return
         if self._binary is not None:
-            self._start_real(self._binary)
+            if self._port == 0:
+                self._port = free_port(self._host)
+            try:
+                self._launch()
+            except BaseException:
+                self.stop()
+                raise
         else:
             self._start_fake()
         logger.info("Redis: %s on %s", self.kind, self.url)
@@ -481,20 +505,19 @@ class RedisServer(_RedisEndpoint):
         """Stop the server and remove its temporary directory. Idempotent."""
         try:
             self._stop_fake()
-            self._stop_real()
         finally:
-            self._remove_dir()
-            if self._atexit_registered:
-                atexit.unregister(self._kill_at_exit)
-                self._atexit_registered = False
+            ChildProcessServer.stop(self)
 
     def kill(self) -> None:
         """SIGKILL the real redis-server (an outage, for tests). The port then refuses
-        connections until restart(). Raises :class:`ServiceError` for the fake."""
+        connections until restart(); a supervisor leaves it down. Raises
+        :class:`ServiceError` for the fake."""
         if self._binary is None:
             msg = "kill() needs a real redis-server; this is fakeredis (embedded)"
             raise ServiceError(msg)
-        proc, self._proc = self._proc, None
+        with self._lock:
+            self._wanted = False
+            proc, self._proc = self._proc, None
         if proc is None:
             return
         proc.kill()
@@ -503,8 +526,7 @@ class RedisServer(_RedisEndpoint):
 
     def restart(self) -> None:
         """Start again on the same port (after kill(), stop(), or while running)."""
-        self._stop_fake()
-        self._stop_real()
+        self.stop()
         self.start()
 
     # -- real redis-server -----------------------------------------------------------------------
@@ -517,14 +539,13 @@ class RedisServer(_RedisEndpoint):
         match = re.search(r"\bv=(\S+)", out)
         return match.group(1) if match else out.strip()
 
-    def _start_real(self, binary: str) -> None:
-        if self._port == 0:
-            self._port = free_port(self._host)
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        assert self._binary is not None
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="lambdaloop-redis-"))
         log_file = self._dir / "redis.log"
         argv = [
-            binary,
+            self._binary,
             "--port", str(self._port),
             "--bind", self._host,
             "--save", "",
@@ -540,15 +561,12 @@ class RedisServer(_RedisEndpoint):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self._proc = proc
-        if not self._atexit_registered:
-            atexit.register(self._kill_at_exit)
-            self._atexit_registered = True
         try:
             self._wait_for_real(proc, log_file)
         except BaseException:
-            self._stop_real()
+            _end(proc, self.process_name)
             raise
+        return proc
 
     def _wait_for_real(self, proc: subprocess.Popen[bytes], log_file: Path) -> None:
         deadline = time.monotonic() + _START_TIMEOUT
@@ -569,29 +587,7 @@ class RedisServer(_RedisEndpoint):
             )
             raise ServiceError(msg)
 
-    def _stop_real(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            proc.send_signal(signal.SIGTERM)  # no-op if it has already exited
-            try:
-                proc.wait(timeout=_STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                logger.warning("redis-server pid %d ignored SIGTERM; killing it", proc.pid)
-                proc.kill()
-        finally:
-            proc.wait()  # always reap, even when interrupted above
-        logger.info("redis-server pid %d stopped", proc.pid)
-
-    def _kill_at_exit(self) -> None:
-        """Last resort at interpreter exit for a server nobody stopped."""
-        if self._proc is not None:
-            logger.warning("redis-server pid %d was never stopped; killing it", self._proc.pid)
-            self.kill()
-        self._remove_dir()
-
-    def _remove_dir(self) -> None:
+    def _stopped(self) -> None:
         directory, self._dir = self._dir, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)

@@ -1,12 +1,15 @@
 """The local stack: moto, Redis, the template's resources, and its functions' environments.
 
 One mechanism for ``lambdaloop dev``, ``lambdaloop invoke`` and the test suite: whatever
-runs locally runs through here.
+runs locally runs through here. The stack supervises the servers it starts: a moto or
+redis-server process that dies is restarted on its port, and after moto's (its state is
+lost with it) the template's resources are made again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from lambdaloop_local.resources import LocalResources, Pseudo, create_resources
 from lambdaloop_local.services import MotoServer, RedisServer
 from lambdaloop_local.sqs import SqsEventSource, SqsEventSourceConfig
 from lambdaloop_local.streams import StreamEventSource, StreamEventSourceConfig
+from lambdaloop_local.supervisor import Supervisor
 from lambdaloop_local.template import TEMPLATE_PATH, Template, TemplateError, load_template
 
 __all__ = ["LocalStack", "StackConfig"]
@@ -60,7 +64,10 @@ class LocalStack:
         )
         self.moto: MotoServer | None = None
         self.redis: RedisServer | None = None
+        #: Restarts moto and redis-server when they die (what the stack started, only).
+        self.supervisor = Supervisor()
         self._resources: LocalResources | None = None
+        self._resources_lock = threading.Lock()  # the supervisor's thread makes them too
         self._pools: dict[str, FunctionPool] = {}
 
     # -------------------------------------------------------------------- services
@@ -90,30 +97,48 @@ class LocalStack:
             if not self.config.aws_endpoint:
                 self.moto = MotoServer(self.config.host, self.config.aws_port)
                 self.moto.start()
+                self.supervisor.watch("moto", self.moto, lost=_MOTO_RESTART_NOTE)
+                self.supervisor.after_restart("moto", self._remake_resources)
             if not self.config.redis_url:
                 self.redis = RedisServer(
                     self.config.host, self.config.redis_port, self.config.prefer_real_redis
                 )
                 self.redis.start()
+                if self.redis.is_real:
+                    # Clients reconnect by themselves; the cache starts empty, as a new node's.
+                    self.supervisor.watch("redis", self.redis, lost="the cache starts empty")
             self.create_resources()
         except BaseException:
             self.stop()
             raise
 
     def create_resources(self) -> LocalResources:
-        """(Re)create the template's resources; after a moto reset, tests call this again."""
+        """(Re)create the template's resources; after a moto reset, tests call this again.
+
+        What the stack made before is kept where AWS would keep it: a secret made again has
+        its earlier ARN and value (the functions' environments and webhook receivers know
+        them)."""
         cache = urlsplit(self.redis_url)
-        self._resources = create_resources(
-            self.template,
-            self.aws_client,
-            self.config.pseudo,
-            cache_host=cache.hostname or self.config.host,
-            cache_port=cache.port or 6379,
-        )
-        return self._resources
+        with self._resources_lock:
+            self._resources = create_resources(
+                self.template,
+                self.aws_client,
+                self.config.pseudo,
+                cache_host=cache.hostname or self.config.host,
+                cache_port=cache.port or 6379,
+                previous=self._resources,
+            )
+            return self._resources
+
+    def _remake_resources(self) -> None:
+        self.create_resources()
+        kinds = ("AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::S3::Bucket")
+        made = ", ".join(f"{len(self.template.of_type(k))} {k.rsplit(':', 1)[1]}" for k in kinds)
+        logger.warning("moto: the template's resources are made again, empty (%s)", made)
 
     def stop(self) -> None:
         """Stop what this stack started (idempotent); attached services are left alone."""
+        self.supervisor.close()
         try:
             if self.redis is not None:
                 self.redis.stop()
@@ -297,6 +322,12 @@ class LocalStack:
         for pool in pools:
             await pool.aclose()
 
+
+#: What the log line of a moto restart says is lost, and what the stack does about it.
+_MOTO_RESTART_NOTE = (
+    "its state was in memory and is lost: the template's tables, queues, streams, bucket and"
+    " secrets are made again, empty; stream readers start on the new streams"
+)
 
 #: The folder that holds the SnapStart runtime's hook module (``snapshot_restore_py``), put
 #: on the path of functions with SnapStart.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from lambdaloop_local.moto_patches import Bounds
 from lambdaloop_local.services import (
     MotoServer,
     RedisServer,
@@ -247,6 +249,196 @@ def test_moto_on_a_taken_port_raises_a_clear_error() -> None:
         with pytest.raises(ServiceError, match=f"127.0.0.1:{squatter.port}.*taken"):
             moto.start()
         moto.stop()
+
+
+def _streamed_table(dynamodb: Any, name: str) -> str:
+    """A table with a NEW_IMAGE stream; its stream ARN."""
+    table = dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )["TableDescription"]
+    arn: str = table["LatestStreamArn"]
+    return arn
+
+
+def _read_all(streams: Any, iterator: str) -> tuple[list[dict[str, Any]], str]:
+    """Every record from ``iterator`` on (reads until a read comes back empty); and the
+    iterator to go on with."""
+    records: list[dict[str, Any]] = []
+    while True:
+        response = streams.get_records(ShardIterator=iterator)
+        iterator = response["NextShardIterator"]
+        if not response["Records"]:
+            return records, iterator
+        records += response["Records"]
+
+
+def _horizon(streams: Any, arn: str) -> str:
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+    iterator: str = streams.get_shard_iterator(
+        StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    return iterator
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_keeps_a_bounded_number_of_stream_records_per_shard() -> None:
+    with MotoServer(port=0, bounds=Bounds(stream_records=10)) as moto:
+        dynamodb = boto3.client("dynamodb", endpoint_url=moto.endpoint_url)
+        streams = boto3.client("dynamodbstreams", endpoint_url=moto.endpoint_url)
+        try:
+            arn = _streamed_table(dynamodb, "streamed")
+            early_reader = _horizon(streams, arn)  # before anything was written
+
+            for n in range(25):
+                dynamodb.put_item(TableName="streamed", Item={"pk": {"S": f"k{n:02}"}})
+
+            # Then: the shard keeps the newest 10, numbered as they were written
+            kept, _ = _read_all(streams, _horizon(streams, arn))
+            assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in kept] == [
+                f"k{n:02}" for n in range(15, 25)
+            ]
+            numbers = [int(r["dynamodb"]["SequenceNumber"]) for r in kept]
+            assert numbers == list(range(numbers[0], numbers[0] + 10))
+            # and a reader that was behind the trimmed records reads on from the oldest kept
+            # (moto answered a server error for ever before)
+            behind, _ = _read_all(streams, early_reader)
+            assert behind == kept
+        finally:
+            dynamodb.close()
+            streams.close()
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_deletes_expired_items_of_a_ttl_table_as_dynamodb_ttl_does() -> None:
+    with MotoServer(port=0, bounds=Bounds(ttl_sweep_s=0)) as moto:
+        dynamodb = boto3.client("dynamodb", endpoint_url=moto.endpoint_url)
+        streams = boto3.client("dynamodbstreams", endpoint_url=moto.endpoint_url)
+        try:
+            arn = _streamed_table(dynamodb, "expiring")
+            dynamodb.update_time_to_live(
+                TableName="expiring",
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+            )
+            now = int(time.time())
+            items = {
+                "expired": {"expires_at": {"N": str(now - 60)}},
+                "later": {"expires_at": {"N": str(now + 3600)}},
+                "no-ttl": {},
+                "not-a-number": {"expires_at": {"S": str(now - 60)}},
+            }
+            for key, attributes in items.items():
+                dynamodb.put_item(TableName="expiring", Item={"pk": {"S": key}, **attributes})
+
+            # When: the next request (the sweep runs before each one here)
+            left = dynamodb.scan(TableName="expiring")["Items"]
+
+            # Then: only the expired item is gone, with a REMOVE record by DynamoDB itself
+            assert sorted(i["pk"]["S"] for i in left) == ["later", "no-ttl", "not-a-number"]
+            records, _ = _read_all(streams, _horizon(streams, arn))
+            [removal] = [r for r in records if r["eventName"] == "REMOVE"]
+            assert removal["dynamodb"]["Keys"] == {"pk": {"S": "expired"}}
+            assert removal["userIdentity"] == {
+                "Type": "Service",
+                "PrincipalId": "dynamodb.amazonaws.com",
+            }
+        finally:
+            dynamodb.close()
+            streams.close()
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_rolls_a_cancelled_transaction_back_without_losing_the_stream() -> None:
+    """A cancelled transaction puts back what it wrote and leaves no stream record; a stream
+    reader goes on getting the records written after it. (moto's own rollback swaps in a copy
+    of the table: a reader went on with the old shard, saw the cancelled write's record and
+    none of the later ones.)"""
+    with MotoServer(port=0) as moto:
+        dynamodb = boto3.client("dynamodb", endpoint_url=moto.endpoint_url)
+        streams = boto3.client("dynamodbstreams", endpoint_url=moto.endpoint_url)
+        try:
+            arn = _streamed_table(dynamodb, "outbox")
+            dynamodb.put_item(TableName="outbox", Item={"pk": {"S": "a"}, "n": {"N": "1"}})
+            seen, iterator = _read_all(streams, _horizon(streams, arn))
+
+            with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+                dynamodb.transact_write_items(
+                    TransactItems=[
+                        {"Put": {"TableName": "outbox", "Item": {"pk": {"S": "b"}}}},
+                        {
+                            "Update": {
+                                "TableName": "outbox",
+                                "Key": {"pk": {"S": "a"}},
+                                "UpdateExpression": "SET n = :two",
+                                "ExpressionAttributeValues": {":two": {"N": "2"}},
+                            }
+                        },
+                        {
+                            "ConditionCheck": {
+                                "TableName": "outbox",
+                                "Key": {"pk": {"S": "z"}},
+                                "ConditionExpression": "attribute_exists(pk)",
+                            }
+                        },
+                    ]
+                )
+            dynamodb.put_item(TableName="outbox", Item={"pk": {"S": "c"}})
+
+            items = {i["pk"]["S"]: i for i in dynamodb.scan(TableName="outbox")["Items"]}
+            assert sorted(items) == ["a", "c"]
+            assert items["a"]["n"] == {"N": "1"}
+            later, _ = _read_all(streams, iterator)
+            keys = [r["dynamodb"]["Keys"]["pk"]["S"] for r in seen + later]
+            assert keys == ["a", "c"]
+        finally:
+            dynamodb.close()
+            streams.close()
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_remembers_a_bounded_number_of_deleted_receipt_handles() -> None:
+    with MotoServer(port=0, bounds=Bounds(deleted_handles=2)) as moto:
+        sqs = boto3.client("sqs", endpoint_url=moto.endpoint_url)
+        try:
+            url = sqs.create_queue(QueueName="q")["QueueUrl"]
+            for n in range(3):
+                sqs.send_message(QueueUrl=url, MessageBody=f"m{n}")
+            handles = [
+                m["ReceiptHandle"]
+                for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+            ]
+            assert len(handles) == 3
+            for handle in handles:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=handle)
+
+            # A repeated delete of a recent message succeeds, as on SQS; the oldest is forgotten.
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=handles[-1])
+            with pytest.raises(sqs.exceptions.ReceiptHandleIsInvalid):
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=handles[0])
+        finally:
+            sqs.close()
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_moto_runs_in_a_child_process_that_is_reaped_when_it_dies_unsupervised() -> None:
+    with MotoServer(port=0) as moto:
+        pid = moto.pid
+        assert pid is not None
+        assert pid != os.getpid()
+        port = int(moto.endpoint_url.rsplit(":", 1)[1])
+        watcher = next(t for t in threading.enumerate() if t.name == f"moto-{pid}-watch")
+
+        os.kill(pid, signal.SIGKILL)
+        watcher.join(_BOUND)
+
+        # Reaped at once (no zombie), and the port refuses connections like a dead server's
+        assert not watcher.is_alive()
+        assert moto.pid is None
+        assert not _pid_exists(pid)
+        assert _refuses("127.0.0.1", port)
 
 
 # -- real redis-server ---------------------------------------------------------------------------
