@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 
 import lambdaloop
 from api import docs, system
+from api.contract import document
 from api.idempotency import OPENAPI_PARAMETER, IdempotencyMiddleware
 from api.jobs import routes as jobs_routes
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -35,6 +36,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version=lambdaloop.__version__,
         redoc_url=None,
         docs_url=None,  # docs.install: Swagger UI offline in local mode
+        # Operation ids are the route functions' names: the schema's links name them.
+        generate_unique_id_function=lambda route: route.name,
     )
     install_problem_handlers(app)
     docs.install(app)
@@ -45,6 +48,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for route in app.router.routes:  # every POST takes an Idempotency-Key (the middleware's)
         if isinstance(route, APIRoute) and "POST" in (route.methods or ()):
             route.openapi_extra = {"parameters": [OPENAPI_PARAMETER]}
+    document(app)
 
     @functools.cache
     def guard() -> IdempotencyGuard:

@@ -65,9 +65,29 @@ def _field(location: Sequence[int | str]) -> str:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    headers = getattr(exc, "headers", None)
     if exc.status_code == HTTPStatus.NOT_FOUND and detail is None:
         detail = f"No resource at {request.url.path}"
-    return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
+    elif exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        allowed = _allowed_methods(request)
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        detail = (
+            f"{request.method} is not allowed on {request.url.path} (allowed: {headers['Allow']})"
+        )
+    return problem(exc.status_code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's: Starlette's 405 names
+    only the first such route's (``DELETE /jobs/fetch`` would say POST, though ``GET``
+    answers there too, as the job route)."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -7,11 +7,20 @@ The jobs function (``functions/jobs``) reads a fetch job's params as written her
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
-from lambdaloop.settings import get_runtime_settings
+from api.fields import FetchUrl
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -20,6 +29,7 @@ __all__ = [
     "MAX_PAGE",
     "MAX_URL",
     "MAX_URLS",
+    "ComputeJob",
     "ComputeRequest",
     "FetchRequest",
     "Job",
@@ -42,47 +52,127 @@ DEFAULT_PAGE = 100
 Status = Literal["queued", "running", "succeeded", "failed"]
 
 
-def _fetch_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("must be an absolute http(s) URL")
-    # The jobs function's connector checks the address it connects to; refusing a URL that
-    # can never be fetched here tells the client at once. (Imported here: only requests
-    # that carry URLs need it.)
-    from lambdaloop.ssrf import Policy
-
-    if problem := Policy.for_user_urls(get_runtime_settings().local_mode).url_problem(value):
-        raise ValueError(f"cannot be fetched: {problem}")
-    return value
-
-
-FetchUrl = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_fetch_url)
-]
-
-
 class FetchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    urls: Annotated[list[FetchUrl], Field(min_length=1, max_length=MAX_URLS)]
+    urls: Annotated[
+        list[Annotated[FetchUrl, Field(max_length=MAX_URL)]],
+        Field(min_length=1, max_length=MAX_URLS),
+    ]
     #: Requests in flight at once while the job runs.
-    concurrency: Annotated[int, Field(strict=True, ge=1, le=MAX_CONCURRENCY)] = DEFAULT_CONCURRENCY
+    concurrency: Annotated[int, Field(strict=True, ge=1, le=MAX_CONCURRENCY), _AS_INT] = (
+        DEFAULT_CONCURRENCY
+    )
     #: Keep each body (up to the stack's stored-body cap) in the results bucket; each
     #: result then has a ``body_url`` to download it.
     store_bodies: Annotated[bool, Field(strict=True)] = False
 
 
+# The compute kinds' params as the schema shows them. The kinds check their params
+# themselves (lambdaloop.compute.kinds, the one place of their rules); these copy the rules
+# so clients and fuzzers can see them, and a unit test keeps the two equal.
+MAX_CHUNKS = 1000
+SUM_OF_SQUARES_MAX_N = 10**18
+PRIME_COUNT_MAX_N = 10**10
+SHA256_MAX_SEED = 256
+SHA256_MAX_CHAINS = 1000
+SHA256_MAX_ROUNDS = 10**7
+SHA256_MAX_TOTAL_ROUNDS = 10**8
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 305.0 is the integer 305 (as JSON Schema's ``integer``
+    says), so it is taken as one. Strings and booleans stay refused (strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: A JSON integer: strict (no "5", no true), but 5.0 is 5. Its bounds go before this (in
+#: the same Annotated), so the schema shows them as minimum and maximum.
+_AS_INT = BeforeValidator(_integral)
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SumOfSquaresParams(_Params):
+    """sum(i * i for i in range(n))."""
+
+    n: Annotated[int, Field(strict=True, ge=0, le=SUM_OF_SQUARES_MAX_N), _AS_INT]
+
+
+class PrimeCountParams(_Params):
+    """How many primes are <= n."""
+
+    n: Annotated[int, Field(strict=True, ge=0, le=PRIME_COUNT_MAX_N), _AS_INT]
+
+
+class Sha256ChainParams(_Params):
+    """``chains`` chains of ``rounds`` SHA-256 rounds from ``seed``; chains * rounds must be
+    at most 10**8 (a rule a schema cannot state: the server answers 422 naming
+    params.rounds)."""
+
+    seed: Annotated[str, StringConstraints(min_length=1, max_length=SHA256_MAX_SEED)]
+    chains: Annotated[int, Field(strict=True, ge=1, le=SHA256_MAX_CHAINS), _AS_INT]
+    rounds: Annotated[int, Field(strict=True, ge=1, le=SHA256_MAX_ROUNDS), _AS_INT]
+
+
+_Chunks = Annotated[int, Field(strict=True, ge=1, le=MAX_CHUNKS), _AS_INT] | None
+
+
+class _ComputeJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: How many messages (and so invocations at most) the work is spread over; null: the
+    #: kind's default for the params.
+    chunks: _Chunks = None
+
+
+class SumOfSquaresJob(_ComputeJob):
+    kind: Literal["sum_of_squares"]
+    params: SumOfSquaresParams
+
+
+class PrimeCountJob(_ComputeJob):
+    kind: Literal["prime_count"]
+    params: PrimeCountParams
+
+
+class Sha256ChainJob(_ComputeJob):
+    kind: Literal["sha256_chain"]
+    params: Sha256ChainParams
+
+
+ComputeJob = Annotated[
+    SumOfSquaresJob | PrimeCountJob | Sha256ChainJob, Field(discriminator="kind")
+]
+"""A compute job as the schema shows it: a union of the kinds, on ``kind``."""
+
+
 class ComputeRequest(BaseModel):
     """A compute job: the kind's params are checked by the kind itself (the service), so
-    each kind's rules live in one place: ``lambdaloop.compute.kinds``."""
+    each kind's rules live in one place: ``lambdaloop.compute.kinds``. The schema shows
+    :data:`ComputeJob`, which states the same rules."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    params: dict[str, Any]
-    #: How many messages (and so invocations at most) the work is spread over; null: the
-    #: kind's default for the params.
-    chunks: Annotated[int, Field(strict=True, ge=1)] | None = None
+    #: Integral numbers (5.0) become integers, as for the model's own fields.
+    params: Annotated[
+        dict[str, Any], AfterValidator(lambda p: {k: _integral(v) for k, v in p.items()})
+    ]
+    chunks: _Chunks = None
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        from pydantic import TypeAdapter
+
+        union: JsonSchemaValue = handler(TypeAdapter(ComputeJob).core_schema)
+        return union
 
 
 class Queued(BaseModel):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 
+from api.contract import links, problems
 from api.idempotency import new_record_id
 from api.identity import JobsRead, JobsWrite
 from api.jobs.dependencies import get_jobs_service
@@ -67,19 +68,46 @@ async def get_job(
     tenant: JobsRead,
     job_id: JobId,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[
+        str | None,
+        # The pattern is documented, and checked by the service (400, as any cursor this
+        # listing did not give).
+        Query(
+            description="The next_cursor of the page before.",
+            json_schema_extra={"pattern": "^[0-9]{1,9}$"},
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     return await get_jobs_service().get(tenant, job_id, limit, cursor)
 
 
 def install(router: APIRouter) -> None:
     add = functools.partial(router.add_api_route, tags=["jobs"])
-    add("/jobs/fetch", create_fetch_job, methods=["POST"], status_code=202, response_model=Queued)
+    queued = {
+        202: {
+            "links": links("$response.body#/job_id", "get_job", parameter="job_id"),
+            "headers": {
+                "Location": {"description": "Where the job is.", "schema": {"type": "string"}}
+            },
+        },
+        **problems(429),
+    }
+    add(
+        "/jobs/fetch",
+        create_fetch_job,
+        methods=["POST"],
+        status_code=202,
+        response_model=Queued,
+        responses=queued,
+    )
     add(
         "/jobs/compute",
         create_compute_job,
         methods=["POST"],
         status_code=202,
         response_model=Queued,
+        responses=queued,
     )
-    add("/jobs/{job_id}", get_job, methods=["GET"], response_model=Job)
+    add(
+        "/jobs/{job_id}", get_job, methods=["GET"], response_model=Job, responses=problems(400, 404)
+    )

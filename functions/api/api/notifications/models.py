@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.fields import Message
 
 __all__ = [
     "MAX_MESSAGE",
@@ -26,7 +28,7 @@ Status = Literal["queued", "delivered", "failed"]
 class NotifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE)]
+    message: Annotated[Message, Field(min_length=1, max_length=MAX_MESSAGE)]
 
 
 class Queued(BaseModel):

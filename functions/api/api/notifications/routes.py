@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
+from api.contract import links, problems
 from api.idempotency import new_record_id
 from api.identity import NotificationsRead, NotificationsWrite
 from api.middleware import correlation_id_var
@@ -59,11 +60,28 @@ def install(router: APIRouter) -> None:
         methods=["POST"],
         status_code=202,
         response_model=Queued,
+        responses={
+            202: {
+                "links": links(
+                    "$response.body#/notification_id",
+                    "get_notification",
+                    parameter="notification_id",
+                )
+            },
+            **problems(404),
+        },
     )
-    add("/users/{user_id}/notifications", inbox, methods=["GET"], response_model=Inbox)
+    add(
+        "/users/{user_id}/notifications",
+        inbox,
+        methods=["GET"],
+        response_model=Inbox,
+        responses=problems(400, 404),
+    )
     add(
         "/notifications/{notification_id}",
         get_notification,
         methods=["GET"],
         response_model=Notification,
+        responses=problems(404),
     )

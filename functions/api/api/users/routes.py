@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from pydantic_core import to_json
 
+from api.contract import links, problems
 from api.identity import UsersRead, UsersWrite
 from api.users.dependencies import get_users_service
 from api.users.models import (
@@ -83,22 +84,71 @@ def install(router: APIRouter) -> None:
     add = functools.partial(router.add_api_route, tags=["users"])
     add("/users/batch", get_users, methods=["GET"], response_model=BatchUsers)
     add(
-        "/users/batch", create_users, methods=["POST"], status_code=201, response_model=BatchCreated
+        "/users/batch",
+        create_users,
+        methods=["POST"],
+        status_code=201,
+        response_model=BatchCreated,
+        responses={
+            201: {"links": links("$response.body#/users/0/id", *_ONE_USER)},
+            **problems(409),
+        },
     )
-    add("/users", create_user, methods=["POST"], status_code=201, response_model=User)
-    add("/users/{user_id}", get_user, methods=["GET"], response_model=User)
+    add(
+        "/users",
+        create_user,
+        methods=["POST"],
+        status_code=201,
+        response_model=User,
+        responses={
+            201: {
+                "links": links("$response.body#/id", *_ONE_USER, *_USER_NOTIFICATIONS),
+                "headers": _LOCATION,
+            },
+            **problems(409),
+        },
+    )
+    add("/users/{user_id}", get_user, methods=["GET"], response_model=User, responses=problems(404))
     add(
         "/users/{user_id}",
         replace_user,
         methods=["PUT"],
         response_model=User,
-        responses={201: {"model": User}},
+        responses={
+            200: {"links": links("$request.path.user_id", *_ONE_USER)},
+            201: {
+                "model": User,
+                "description": "Created",
+                "links": links("$request.path.user_id", *_ONE_USER),
+                "headers": _LOCATION,
+            },
+            **problems(409),
+        },
     )
-    add("/users/{user_id}", patch_user, methods=["PATCH"], response_model=User)
+    add(
+        "/users/{user_id}",
+        patch_user,
+        methods=["PATCH"],
+        response_model=User,
+        responses={
+            200: {"links": links("$response.body#/id", *_ONE_USER)},
+            **problems(404, 409),
+        },
+    )
     add(
         "/users/{user_id}",
         delete_user,
         methods=["DELETE"],
         status_code=204,
         response_class=Response,
+        responses={
+            204: {"links": links("$request.path.user_id", "get_user")},
+            **problems(404, 409),
+        },
     )
+
+
+#: The operations on one user, and on its notifications (operation ids: the functions').
+_ONE_USER = ("get_user", "replace_user", "patch_user", "delete_user")
+_USER_NOTIFICATIONS = ("notify", "inbox")
+_LOCATION = {"Location": {"description": "Where the new user is.", "schema": {"type": "string"}}}
