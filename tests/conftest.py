@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,11 @@ def layer_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCapture
         yield caplog
     finally:
         layer.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    """An empty folder where a test's function writes what it saw (its ``LOG_DIR``)."""
+    folder = tmp_path / "log"
+    folder.mkdir()
+    return folder

@@ -269,6 +269,21 @@ def function_in_folder(
     return LocalFunction(spec, dict(environment or {}), ())
 
 
+def handlers_folder(root: Path, handlers: str) -> Path:
+    """A function's code folder under ``root``, with ``handlers`` as its handlers.py."""
+    folder = root / "code"
+    folder.mkdir()
+    (folder / "handlers.py").write_text(handlers)
+    return folder
+
+
+def logging_function(code: Path, log_dir: Path, handler: str, timeout: int) -> LocalFunction:
+    """``handlers.<handler>`` of ``code``, told where to write what it saw (``LOG_DIR``)."""
+    return function_in_folder(
+        code, f"handlers.{handler}", timeout=timeout, environment={"LOG_DIR": str(log_dir)}
+    )
+
+
 def job_store(stack: LocalStack) -> JobStore:
     """The stack's jobs table, as the functions reach it."""
     from lambdaloop.jobs import JobStore

@@ -16,7 +16,7 @@ import pytest
 from lambdaloop_local.functions import FunctionPool, LocalFunction
 from lambdaloop_local.sqs import BatchOutcome, SqsEventSource, SqsEventSourceConfig, sqs_event
 from lambdaloop_local.stack import LocalStack
-from support import function_in_folder
+from support import handlers_folder, logging_function
 
 T = TypeVar("T")
 
@@ -149,23 +149,11 @@ def queues(make_queues: QueueFactory) -> Queues:
 
 @pytest.fixture
 def code(tmp_path: Path) -> Path:
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / "handlers.py").write_text(HANDLERS)
-    return folder
-
-
-@pytest.fixture
-def log_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "log"
-    folder.mkdir()
-    return folder
+    return handlers_folder(tmp_path, HANDLERS)
 
 
 def local_function(code: Path, log_dir: Path, handler: str, timeout: int = 5) -> LocalFunction:
-    return function_in_folder(
-        code, f"handlers.{handler}", timeout=timeout, environment={"LOG_DIR": str(log_dir)}
-    )
+    return logging_function(code, log_dir, handler, timeout)
 
 
 def with_pool(

@@ -23,7 +23,7 @@ from lambdaloop_local.streams import (
     StreamEventSource,
     StreamEventSourceConfig,
 )
-from support import function_in_folder
+from support import handlers_folder, logging_function
 
 T = TypeVar("T")
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -166,23 +166,11 @@ def stream(local_stack: LocalStack) -> Iterator[Stream]:
 
 @pytest.fixture
 def code(tmp_path: Path) -> Path:
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / "handlers.py").write_text(HANDLERS)
-    return folder
+    return handlers_folder(tmp_path, HANDLERS)
 
 
-@pytest.fixture
-def log_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "log"
-    folder.mkdir()
-    return folder
-
-
-def local_function(code: Path, log_dir: Path, handler: str) -> LocalFunction:
-    return function_in_folder(
-        code, f"handlers.{handler}", timeout=10, environment={"LOG_DIR": str(log_dir)}
-    )
+def local_function(code: Path, log_dir: Path, handler: str, timeout: int = 10) -> LocalFunction:
+    return logging_function(code, log_dir, handler, timeout)
 
 
 def with_function(function: LocalFunction, scenario: Callable[[Invoke], Awaitable[T]]) -> T:
