@@ -13,13 +13,16 @@ import queue
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from api import docs
 from lambdaloop_local.services import free_port
 
 ROOT = Path(__file__).parents[2]
@@ -116,9 +119,9 @@ class Dev:
         self.process.stdout.close()
 
 
-@pytest.fixture
-def dev(tmp_path: Path) -> Iterator[Dev]:
-    template = tmp_path / "template.yaml"
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    template = tmp_path_factory.mktemp("docs") / "template.yaml"
     template.write_text(
         (ROOT / "template.yaml")
         .read_text()
@@ -131,6 +134,23 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("name", ["swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"])
+def test_the_gateway_serves_each_asset_without_a_token_byte_for_byte(dev: Dev, name: str) -> None:
+    # The page's files pass through the gateway, the worker and Mangum (the icon as base64)
+    packaged = (resources.files("fastapi_offline") / "static" / name).read_bytes()
+
+    with urllib.request.urlopen(f"{dev.url}/docs/assets/{name}", timeout=START_TIMEOUT_S) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == docs.ASSETS[name]
+        assert r.read() == packaged
+        etag = r.headers["ETag"]
+    again = urllib.request.Request(f"{dev.url}/docs/assets/{name}", headers={"If-None-Match": etag})
+    with pytest.raises(urllib.error.HTTPError) as not_modified:  # urllib raises on a 304
+        urllib.request.urlopen(again, timeout=START_TIMEOUT_S)
+    with not_modified.value as answer:  # an HTTPError holds the connection until closed
+        assert answer.code == 304
 
 
 def test_docs_work_offline_and_try_it_out_gets_a_user_with_a_token(dev: Dev) -> None:
