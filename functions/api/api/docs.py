@@ -1,11 +1,9 @@
 """``/docs``: Swagger UI, from a CDN when deployed and from a packaged copy in local mode.
 
-The emulator may run with no internet, so in local mode the page loads Swagger UI's files from
-``GET /docs/assets/{asset}`` (a public route, like ``/docs``: the browser sends no token for a
-script), which serves a fixed set of files from the ``fastapi-offline`` package (Swagger UI 5,
-which renders OpenAPI 3.1). The Lambda layer does not carry that package, so the deployed
-stack keeps the CDN and answers 404 there; so does local mode without the package (sam local's
-containers run the built layer).
+The emulator may run offline, so there the page loads Swagger UI 5 (which renders OpenAPI 3.1)
+from the ``fastapi-offline`` package through the public ``GET /docs/assets/{asset}`` (a browser
+sends no token for a script). The Lambda layer lacks the package: deployed (and under sam
+local) the page uses the CDN, and the assets route answers 404.
 """
 
 from __future__ import annotations
@@ -103,7 +101,7 @@ def install(app: FastAPI, *, local: bool | None = None) -> None:
     async def asset(request: Request) -> Response:
         name = request.path_params["asset"]
         if not local:
-            raise NotFound("Swagger UI's files are served only in local mode (here: a CDN)")
+            raise NotFound("Swagger UI's files are served in local mode only; /docs uses a CDN")
         if name not in ASSETS:
             raise NotFound(f"No docs asset named {name!r}", assets=sorted(ASSETS))
         found = _asset(name)
