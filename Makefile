@@ -21,13 +21,14 @@ export UV_PYTHON_DOWNLOADS := never
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help env dev test test-unit test-integration test-e2e test-infra test-py313 lint format bench build build-x86_64 deploy lock clean
+.PHONY: help env dev test fuzz test-unit test-integration test-e2e test-infra test-py313 lint format bench build build-x86_64 deploy lock clean
 
 help:
 	@echo "make dev     run the bundle locally (API on http://127.0.0.1:3000)"
 	@echo "make test    run the whole test suite (Python 3.11, then 3.13 when available)"
 	@echo "make build   sam build (arm64, what deploys) into .aws-sam/build, with bytecode"
 	@echo "make build-x86_64   the same for x86_64 into .aws-sam/build-x86_64 (sam local on x86)"
+	@echo "make fuzz    fuzz the API through the local gateway (schemathesis), with its figures"
 	@echo "make lint | bench | deploy | lock | clean"
 
 $(UV):
@@ -61,6 +62,11 @@ test: env
 
 test-py313: $(VENV313)/.synced
 	$(VENV313)/bin/pytest -q
+
+# The API fuzzed through the local gateway (schemathesis); `make test` runs it too. Prints
+# cases, operations, links covered, failures, cases/s and the stack's memory at start and end.
+fuzz: env
+	$(VENV)/bin/pytest tests/fuzz -q -p no:cacheprovider
 
 test-unit test-integration test-e2e test-infra: env
 	$(VENV)/bin/pytest tests/$(subst test-,,$@)
