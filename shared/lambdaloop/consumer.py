@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random as _random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from lambdaloop._aws import AwsAdapter
 from lambdaloop.backoff import Backoff
@@ -61,10 +63,12 @@ logger = logging.getLogger(__name__)
 #: whole at the deadline instead of reporting.
 _REPORT_RESERVE_S = 0.5
 
+_U = TypeVar("_U")
 
-@dataclass(frozen=True, slots=True)
-class RecordContext:
-    """What a handler knows about the record besides its envelope."""
+
+class RecordContext(NamedTuple):
+    """What a handler knows about the record besides its envelope (a named tuple: made for
+    every record, and cheaper to make than a frozen dataclass)."""
 
     message_id: str
     receive_count: int
@@ -115,16 +119,6 @@ class _Visibility(AwsAdapter):
         )
 
 
-class _Record(NamedTuple):
-    message_id: str
-    raw: Mapping[str, Any]
-    group_id: str | None
-
-
-def _record(raw: Mapping[str, Any]) -> _Record:
-    return _Record(str(raw["messageId"]), raw, (raw.get("attributes") or {}).get("MessageGroupId"))
-
-
 class SqsProcessor:
     """Processes SQS batches with ``handlers``, one per envelope ``type``."""
 
@@ -162,96 +156,34 @@ class SqsProcessor:
 
     async def process(self, event: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
         """Process the batch; the records that did not succeed, in ``batchItemFailures``."""
-        records = [_record(raw) for raw in event.get("Records", [])]
-        deadline = current_deadline()
-        succeeded: set[str] = set()
-        chains = _chains(records)
-        if chains:
-            await self._run_chains(chains, deadline, succeeded)
-        failed = [r.message_id for r in records if r.message_id not in succeeded]
+        records: Sequence[Mapping[str, Any]] = event.get("Records") or ()
+        succeeded = [False] * len(records)
+        if records:
+            await _Batch(self, records, succeeded, current_deadline()).run()
+        failed = [str(r["messageId"]) for r, ok in zip(records, succeeded, strict=True) if not ok]
         if failed:
             logger.warning("%d of %d record(s) failed", len(failed), len(records))
         return {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}
 
-    async def _run_chains(
-        self, chains: Sequence[Sequence[_Record]], deadline: Deadline, succeeded: set[str]
-    ) -> None:
-        """Run every chain at once, until all are done or the deadline's reserve is reached."""
-        # A bound the batch cannot reach would only cost a semaphore round trip per record.
-        slots = asyncio.Semaphore(self._concurrency) if self._concurrency < len(chains) else None
-        countdown = _Countdown(len(chains))
-        tasks = [
-            asyncio.ensure_future(self._run_chain(chain, deadline, slots, succeeded, countdown))
-            for chain in chains
-        ]
-        timeout = deadline.timeout()
-        if timeout is not None:
-            timeout = max(0.0, timeout - _REPORT_RESERVE_S)
+    async def _run_record(self, raw: Mapping[str, Any], deadline: Deadline) -> bool:
+        message_id = str(raw["messageId"])
         try:
-            async with asyncio.timeout(timeout):
-                await countdown.done
-        except TimeoutError:
-            # The last chains may have finished in the same turn as the timeout: none left.
-            if unfinished := [task for task in tasks if not task.done()]:
-                for task in unfinished:
-                    task.cancel()
-                await asyncio.wait(unfinished, timeout=_REPORT_RESERVE_S / 2)
-                logger.warning("deadline: cancelled %d unfinished record chain(s)", len(unfinished))
-
-    async def _run_chain(
-        self,
-        chain: Sequence[_Record],
-        deadline: Deadline,
-        slots: asyncio.Semaphore | None,
-        succeeded: set[str],
-        countdown: _Countdown,
-    ) -> None:
-        """Run records one after the other, stopping at the first that does not succeed
-        (the rest are failed by not being in ``succeeded``)."""
-        try:
-            for record in chain:
-                if slots is not None:
-                    await slots.acquire()
-                try:
-                    if deadline.remaining() <= self._margin_s:
-                        logger.warning("record %s not started: deadline near", record.message_id)
-                        return
-                    ok = await self._run_record(record, deadline)
-                finally:
-                    if slots is not None:
-                        slots.release()
-                if not ok:
-                    if len(chain) > 1:
-                        logger.warning(
-                            "group %s: the records after %s are failed without running",
-                            record.group_id,
-                            record.message_id,
-                        )
-                    return
-                succeeded.add(record.message_id)
-        finally:
-            countdown.arrive()
-
-    async def _run_record(self, record: _Record, deadline: Deadline) -> bool:
-        try:
-            envelope = Envelope.from_json(record.raw.get("body", ""))
+            envelope = Envelope.from_json(raw.get("body", ""))
         except ValueError as exc:
-            logger.warning("record %s failed: invalid envelope: %s", record.message_id, exc)
+            logger.warning("record %s failed: invalid envelope: %s", message_id, exc)
             return False
         handler = self._handlers.get(envelope.type)
         if handler is None:
-            logger.warning(
-                "record %s failed: no handler for type %r", record.message_id, envelope.type
-            )
+            logger.warning("record %s failed: no handler for type %r", message_id, envelope.type)
             return False
-        attributes = record.raw.get("attributes") or {}
+        attributes = raw.get("attributes") or {}
         context = RecordContext(
-            message_id=record.message_id,
-            receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
-            message_attributes=record.raw.get("messageAttributes") or {},
-            deadline=deadline,
-            group_id=record.group_id,
-            max_receive_count=self._max_receive_count,
+            message_id,
+            int(attributes.get("ApproximateReceiveCount", 1)),
+            raw.get("messageAttributes") or {},
+            deadline,
+            attributes.get("MessageGroupId"),
+            self._max_receive_count,
         )
         try:
             if self._guard is None:
@@ -264,19 +196,17 @@ class SqsProcessor:
                     deadline,
                 )
         except IdempotencyError as exc:  # not run here: nothing to give up
-            logger.warning("record %s failed: %s", record.message_id, exc)
+            logger.warning("record %s failed: %s", message_id, exc)
             return False
         except RetryLater as exc:
             if context.last_attempt:
                 await self._give_up_on(envelope, context, exc)
                 # Back at once: its next receive moves it to the DLQ.
                 exc = RetryLater(str(exc), delay_s=0)
-            await self._retry_later(record, context.receive_count, exc)
+            await self._retry_later(raw, context.receive_count, exc)
             return False
         except Exception as exc:
-            logger.exception(
-                "record %s failed: handler for %r raised", record.message_id, envelope.type
-            )
+            logger.exception("record %s failed: handler for %r raised", message_id, envelope.type)
             if context.last_attempt:
                 await self._give_up_on(envelope, context, exc)
             return False
@@ -295,48 +225,164 @@ class SqsProcessor:
                 envelope.type,
             )
 
-    async def _retry_later(self, record: _Record, receive_count: int, exc: RetryLater) -> None:
+    async def _retry_later(
+        self, raw: Mapping[str, Any], receive_count: int, exc: RetryLater
+    ) -> None:
+        message_id = raw["messageId"]
         if self._retry is None:
-            logger.warning("record %s failed (retry later): %s", record.message_id, exc)
+            logger.warning("record %s failed (retry later): %s", message_id, exc)
             return
         delay = self._retry.delay(receive_count, exc.delay_s)
-        logger.warning("record %s back in %d s: %s", record.message_id, delay, exc)
+        logger.warning("record %s back in %d s: %s", message_id, delay, exc)
         try:
             await self._visibility.postpone(
-                self._retry.queue_url, str(record.raw.get("receiptHandle", "")), delay
+                self._retry.queue_url, str(raw.get("receiptHandle", "")), delay
             )
         except DependencyError as error:
             # It still comes back, after the queue's visibility timeout instead.
-            logger.warning("record %s: could not set its delay: %s", record.message_id, error)
+            logger.warning("record %s: could not set its delay: %s", message_id, error)
 
 
-class _Countdown:
-    """Resolves ``done`` once ``count`` chains have arrived (cheaper than asyncio.wait,
-    which adds a done callback to every task)."""
+class _Batch:
+    """One batch on its way: its records run as units (a record, or a FIFO group's records
+    in order), ``concurrency`` at a time.
 
-    __slots__ = ("_left", "done")
+    The bound is the number of tasks: with fewer units than the bound, one task per unit;
+    otherwise ``concurrency`` workers, each taking the next unit when done with one. No
+    semaphore and no per-record timeout: the batch has one deadline, and a record left
+    running at it is cancelled with its task.
+    """
 
-    def __init__(self, count: int) -> None:
-        self._left = count
+    __slots__ = ("_deadline", "_left", "_processor", "_records", "_start_by", "_succeeded", "done")
+
+    def __init__(
+        self,
+        processor: SqsProcessor,
+        records: Sequence[Mapping[str, Any]],
+        succeeded: list[bool],
+        deadline: Deadline,
+    ) -> None:
+        self._processor = processor
+        self._records = records
+        self._succeeded = succeeded
+        self._deadline = deadline
+        #: No record starts at or after this point of the monotonic clock.
+        self._start_by = deadline.expires_at - processor._margin_s
+        self._left = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def arrive(self) -> None:
+    async def run(self) -> None:
+        """Run every unit, until all are done or the deadline's reserve is reached."""
+        units = _fifo_chains(self._records)
+        loop = asyncio.get_running_loop()
+        if units is None:  # standard queue: every record is a unit of its own
+            count = len(self._records)
+            if self._processor._concurrency >= count:
+                self._left = count
+                tasks = [loop.create_task(self._alone(index)) for index in range(count)]
+            else:
+                tasks = self._workers(loop, iter(range(count)), self._record)
+        elif self._processor._concurrency >= len(units):
+            self._left = len(units)
+            tasks = [loop.create_task(self._worker(iter((chain,)), self._chain)) for chain in units]
+        else:
+            tasks = self._workers(loop, iter(units), self._chain)
+        timeout = self._deadline.timeout()
+        if timeout is not None:
+            timeout = max(0.0, timeout - _REPORT_RESERVE_S)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.done
+        except TimeoutError:
+            # The last units may have finished in the same turn as the timeout: none left.
+            if unfinished := [task for task in tasks if not task.done()]:
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.wait(unfinished, timeout=_REPORT_RESERVE_S / 2)
+                logger.warning("deadline: cancelled %d unfinished record task(s)", len(unfinished))
+
+    def _workers(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        units: Iterator[_U],
+        run_unit: Callable[[_U], Awaitable[bool]],
+    ) -> list[asyncio.Task[None]]:
+        self._left = self._processor._concurrency
+        return [
+            loop.create_task(self._worker(units, run_unit))
+            for _ in range(self._processor._concurrency)
+        ]
+
+    def _arrive(self) -> None:
+        # Cheaper than asyncio.wait or gather, which add a done callback to every task.
         self._left -= 1
         if self._left == 0 and not self.done.done():
             self.done.set_result(None)
 
+    def _may_start(self, index: int) -> bool:
+        if self._start_by != math.inf and time.monotonic() >= self._start_by:
+            logger.warning(
+                "record %s not started: deadline near", self._records[index]["messageId"]
+            )
+            return False
+        return True
 
-def _chains(records: Sequence[_Record]) -> list[list[_Record]]:
-    """FIFO records grouped by message group (in order); any other record on its own."""
-    groups: dict[str, list[_Record]] = {}
-    chains: list[list[_Record]] = []
-    for record in records:
-        group = record.group_id
-        if group is None:
-            chains.append([record])
-        elif group in groups:
-            groups[group].append(record)
-        else:
-            groups[group] = [record]
-            chains.append(groups[group])
-    return chains
+    async def _alone(self, index: int) -> None:
+        """A record with a task of its own (the common case, kept to one coroutine)."""
+        try:
+            if self._may_start(index):
+                raw = self._records[index]
+                self._succeeded[index] = await self._processor._run_record(raw, self._deadline)
+        finally:
+            self._arrive()
+
+    async def _worker(self, units: Iterator[_U], run_unit: Callable[[_U], Awaitable[bool]]) -> None:
+        """Run units from the shared iterator, one after the other, until none is left or
+        the deadline's margin is reached."""
+        try:
+            for unit in units:
+                if not await run_unit(unit):
+                    return
+        finally:
+            self._arrive()
+
+    async def _record(self, index: int) -> bool:
+        """One record; whether the worker may go on (False: the deadline is near)."""
+        if not self._may_start(index):
+            return False
+        self._succeeded[index] = await self._processor._run_record(
+            self._records[index], self._deadline
+        )
+        return True
+
+    async def _chain(self, chain: Sequence[int]) -> bool:
+        """A FIFO group's records in order, stopping at the first that does not succeed
+        (running the rest would break the order); whether the worker may go on."""
+        for index in chain:
+            if not self._may_start(index):
+                return False
+            if not await self._processor._run_record(self._records[index], self._deadline):
+                if len(chain) > 1:
+                    logger.warning(
+                        "group %s: the records after %s are failed without running",
+                        self._records[index]["attributes"]["MessageGroupId"],
+                        self._records[index]["messageId"],
+                    )
+                return True
+            self._succeeded[index] = True
+        return True
+
+
+def _fifo_chains(records: Sequence[Mapping[str, Any]]) -> list[list[int]] | None:
+    """The indexes of the records by message group (in order), or None for a standard queue.
+
+    A batch comes from one queue, and every record of a FIFO queue names its group: the
+    first record tells which (a record with no group is then a unit of its own).
+    """
+    if (records[0].get("attributes") or {}).get("MessageGroupId") is None:
+        return None
+    chains: dict[str | int, list[int]] = {}
+    for index, raw in enumerate(records):
+        group = (raw.get("attributes") or {}).get("MessageGroupId")
+        chains.setdefault(index if group is None else group, []).append(index)
+    return list(chains.values())
