@@ -54,7 +54,7 @@ __all__ = [
     "JobRef",
     "JobStore",
     "folded",
-    "public",
+    "job_view",
 ]
 
 #: The job types stored: a fetch job runs in parts, a compute job in chunks.
@@ -125,7 +125,7 @@ def _result_sk(index: int) -> str:
     return f"{_RESULT}{index:0{_INDEX_WIDTH}d}"
 
 
-def public(meta: Item) -> dict[str, Any]:
+def job_view(meta: Item) -> dict[str, Any]:
     """The job as the API shows it (without its params or keys); ``result`` is the final
     result of a folded job (None until it has one)."""
     job = {name: meta.get(name) for name in _PUBLIC}

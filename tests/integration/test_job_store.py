@@ -9,7 +9,7 @@ from typing import TypeVar
 import pytest
 
 from lambdaloop.errors import ConditionFailed
-from lambdaloop.jobs import JobRef, JobStore, public
+from lambdaloop.jobs import JobRef, JobStore, job_view
 from lambdaloop_local.stack import LocalStack
 from support import TENANT, job_store, run
 
@@ -34,11 +34,11 @@ def test_a_job_goes_from_queued_to_running_to_final_and_stays_final(store: JobSt
 
     assert queued is not None
     assert final is not None
-    assert public(queued)["status"] == "queued"
-    assert public(queued)["progress"] == {"done": 0, "total": 1}
+    assert job_view(queued)["status"] == "queued"
+    assert job_view(queued)["progress"] == {"done": 0, "total": 1}
     assert queued["params"] == {"urls": ["https://example.com/"]}
-    assert public(final)["status"] == "succeeded"
-    assert public(final)["progress"] == {"done": 1, "total": 1}
+    assert job_view(final)["status"] == "succeeded"
+    assert job_view(final)["progress"] == {"done": 1, "total": 1}
     assert final.get("error") is None
     with pytest.raises(ConditionFailed):
         run(store.start(job))
@@ -69,7 +69,7 @@ def test_results_are_stored_once_per_index_and_listed_in_order_page_by_page(
     assert all(len(page) <= 3 for page in pages)
     meta = run(store.get(job, consistent=True))
     assert meta is not None
-    assert public(meta)["progress"]["done"] == 7
+    assert job_view(meta)["progress"]["done"] == 7
 
 
 def test_progress_is_only_saved_for_a_running_job(store: JobStore) -> None:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, EmailTaken, NotFound
 from api.users.models import UserFields, UserPatch
 from api.users.repository import UsersRepository, email_key, user_key
 from api.users.service import UsersService
@@ -72,7 +72,7 @@ def test_create_assigns_ids_and_writes_through(world: World) -> None:
 def test_an_email_is_claimed_once_whatever_its_case(world: World) -> None:
     run(world.service.create(TENANT, fields("ann@x.org")))
 
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(EmailTaken) as caught:
         run(world.service.create(TENANT, fields("ANN@X.ORG")))
 
     assert caught.value.extensions == {"emails": ["ANN@x.org"]}  # domains are normalised
@@ -108,7 +108,7 @@ def test_patch_to_a_taken_email_is_a_conflict_and_changes_nothing(world: World) 
     run(world.service.create(TENANT, fields("one@x.org")))
     two = run(world.service.create(TENANT, fields("two@x.org")))
 
-    with pytest.raises(Conflict):
+    with pytest.raises(EmailTaken):
         run(world.service.patch(TENANT, two["id"], UserPatch(email="one@x.org")))
 
     assert run(world.service.get(TENANT, two["id"]))["email"] == "two@x.org"
@@ -155,7 +155,7 @@ def test_a_batch_is_all_or_nothing(world: World) -> None:
     run(world.service.create(TENANT, fields("taken@x.org")))
     batch = [fields(f"b{i}@x.org") for i in range(70)] + [fields("taken@x.org")]
 
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(EmailTaken) as caught:
         run(world.service.create_many(TENANT, batch))
 
     assert caught.value.extensions == {"emails": ["taken@x.org"]}

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import ApiError
+from api.errors import ApiError, DomainError, EmailTaken, IdsExhausted, InvalidCursor
 from lambdaloop.errors import DeadlineExceeded, DependencyError, LambdaloopError
 
 __all__ = [
@@ -102,6 +102,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     if any(error["type"] == "json_invalid" for error in errors):
         return problem(400, "The request body is not valid JSON", title="Malformed request body")
+    return _unprocessable(errors)
+
+
+def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem(422, detail, title="Request validation failed", extensions={"errors": errors})
 
@@ -115,8 +119,13 @@ def out_of_time() -> JSONResponse:
 
 
 async def _layer_error(request: Request, exc: Exception) -> JSONResponse:
+    from lambdaloop.compute.kinds.base import ParamsError  # loaded by the compute route
+
     if isinstance(exc, DeadlineExceeded):
         return out_of_time()
+    if isinstance(exc, ParamsError):  # a compute kind's own checks, reported as the model's
+        field = _field(("body", *exc.field.split(".")))
+        return _unprocessable([{"field": field, "message": exc.message, "type": "value_error"}])
     if isinstance(exc, DependencyError):
         logger.warning("dependency failure: %s", exc)
         return problem(
@@ -136,8 +145,24 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status, exc.detail, headers=exc.headers, extensions=exc.extensions)
 
 
+#: What each domain error means in HTTP; any other (a race the service failed to settle in
+#: its retries, say) is a conflict with the current state.
+_DOMAIN_STATUS: dict[type[DomainError], int] = {
+    EmailTaken: 409,
+    IdsExhausted: 409,
+    InvalidCursor: 400,
+}
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status = next((s for kind, s in _DOMAIN_STATUS.items() if isinstance(exc, kind)), 409)
+    return problem(status, exc.detail, extensions=exc.extensions)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(LambdaloopError, _layer_error)

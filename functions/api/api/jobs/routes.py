@@ -10,7 +10,6 @@ import functools
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
-from fastapi.exceptions import RequestValidationError
 
 from api.contract import links, problems
 from api.idempotency import new_record_id
@@ -42,20 +41,13 @@ async def create_fetch_job(
 async def create_compute_job(
     tenant: JobsWrite, body: ComputeRequest, response: Response
 ) -> dict[str, Any]:
-    from lambdaloop.compute.kinds import ParamsError
     from lambdaloop.jobs import JobRef
 
     job = JobRef(tenant, new_record_id())
-    try:
-        await get_jobs_service().compute(
-            job, body.kind, body.params, body.chunks, correlation_id_var.get()
-        )
-    except ParamsError as exc:
-        # The kind's own checks, reported like the model's: 422 naming the field.
-        location = ("body", *exc.field.split("."))
-        raise RequestValidationError(
-            [{"loc": location, "msg": exc.message, "type": "value_error"}]
-        ) from exc
+    # A kind's own checks raise ParamsError naming the field: problems.py makes it a 422.
+    await get_jobs_service().compute(
+        job, body.kind, body.params, body.chunks, correlation_id_var.get()
+    )
     return _queued(job, response)
 
 

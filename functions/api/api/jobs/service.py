@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from api.errors import BadRequest, NotFound, TooManyRequests
+from api.errors import BadRequest, InvalidCursor, NotFound, TooManyRequests
 from lambdaloop.blobs import Bucket
 from lambdaloop.compute.kinds import plan
 from lambdaloop.errors import ConditionFailed
-from lambdaloop.jobs import COMPUTE_JOB, FETCH_JOB, JobRef, JobStore, public
+from lambdaloop.jobs import COMPUTE_JOB, FETCH_JOB, JobRef, JobStore, job_view
 
 __all__ = ["JobsService"]
 
@@ -97,7 +97,7 @@ class JobsService:
             # The same request raced itself (a retry while the first attempt still ran).
 
     async def get(self, tenant: str, job_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
-        """The job with a page of its results (NotFound for no job; BadRequest for a cursor
+        """The job with a page of its results (NotFound for no job; InvalidCursor for a cursor
         this listing did not give)."""
         after = _decode_cursor(cursor) if cursor is not None else None
         ref = JobRef(tenant, job_id)
@@ -105,7 +105,7 @@ class JobsService:
         meta = await self.store.get(ref, consistent=True)
         if meta is None:
             raise NotFound(f"Job {job_id} does not exist")
-        job = public(meta)
+        job = job_view(meta)
         if meta["type"] != FETCH_JOB:
             return job  # a folded job: its result is one value
         results, last = await self.store.results(ref, limit, after)
@@ -126,5 +126,5 @@ class JobsService:
 def _decode_cursor(cursor: str) -> int:
     """The index a cursor holds (the last result of the page before)."""
     if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 9):
-        raise BadRequest("cursor is not one this listing gave", field="query.cursor")
+        raise InvalidCursor("cursor is not one this listing gave", field="query.cursor")
     return int(cursor)

@@ -10,12 +10,12 @@ import binascii
 import json
 from typing import Any
 
-from api.errors import BadRequest
+from api.errors import InvalidCursor
 from lambdaloop.notifications import BY_USER_INDEX, owner, record_key
 from lambdaloop.store import Item, Key, Table
 from lambdaloop.tenancy import partition
 
-__all__ = ["NotificationsRepository", "public"]
+__all__ = ["NotificationsRepository", "notification_view"]
 
 _PUBLIC = (
     "id",
@@ -32,7 +32,7 @@ _PUBLIC = (
 _CURSOR_KEYS = frozenset({"pk", "owner", "created_at"})
 
 
-def public(item: Item) -> dict[str, Any]:
+def notification_view(item: Item) -> dict[str, Any]:
     """The notification as the API shows it (no webhook URL, no expiry)."""
     return {name: item.get(name) for name in _PUBLIC}
 
@@ -95,5 +95,5 @@ def _decode_cursor(cursor: str, tenant: str, user: str) -> Key:
         and isinstance(key["created_at"], str)
     )
     if not valid:
-        raise BadRequest("cursor is not one this listing gave", field="query.cursor")
+        raise InvalidCursor("cursor is not one this listing gave", field="query.cursor")
     return dict(key)

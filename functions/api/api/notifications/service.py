@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from api.errors import NotFound
-from api.notifications.repository import NotificationsRepository, public
+from api.notifications.repository import NotificationsRepository, notification_view
 from lambdaloop.errors import ConditionFailed
 from lambdaloop.store import utc_timestamp
 
@@ -77,7 +77,7 @@ class NotificationsService:
         item = await self.repository.get(tenant, notification_id)
         if item is None:
             raise NotFound(f"Notification {notification_id} does not exist")
-        return public(item)
+        return notification_view(item)
 
     async def inbox(
         self, tenant: str, user_id: int, limit: int, cursor: str | None
@@ -85,4 +85,4 @@ class NotificationsService:
         """The user's notifications, newest first (NotFound for no user)."""
         await self._users.get(tenant, user_id)
         items, next_cursor = await self.repository.for_user(tenant, user_id, limit, cursor)
-        return [public(item) for item in items], next_cursor
+        return [notification_view(item) for item in items], next_cursor

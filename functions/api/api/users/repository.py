@@ -19,13 +19,13 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from api.errors import Conflict
+from api.errors import EmailTaken, IdsExhausted, IdTaken, RecordChanged
 from api.users.models import MAX_USER_ID
 from lambdaloop.errors import ConditionFailed, DependencyUnavailable, TransactionConflict
 from lambdaloop.store import BatchGetResult, Item, Key, TransactOp
 from lambdaloop.tenancy import scoped
 
-__all__ = ["TRANSACTION_USERS", "TableLike", "UserExists", "UsersRepository", "public"]
+__all__ = ["TRANSACTION_USERS", "TableLike", "UsersRepository", "user_view"]
 
 #: TransactWriteItems takes 100 operations: a user and its email claim are two.
 TRANSACTION_USERS = 50
@@ -59,10 +59,6 @@ class TableLike(Protocol):
     ) -> None: ...
 
 
-class UserExists(Exception):
-    """A user with this id already exists (a create lost a race, or ids collided)."""
-
-
 def user_key(tenant: str, user_id: int) -> Key:
     return {"pk": scoped(tenant, "USER", user_id), "sk": "PROFILE"}
 
@@ -76,7 +72,7 @@ def _counter(tenant: str) -> Key:
     return {"pk": scoped(tenant, "COUNTER", "users"), "sk": "COUNTER"}
 
 
-def public(item: Item) -> dict[str, Any]:
+def user_view(item: Item) -> dict[str, Any]:
     """The user as the API shows it (no keys, no version)."""
     user = {name: item.get(name) for name in _PUBLIC}
     user["id"] = int(item["id"])
@@ -113,7 +109,7 @@ class UsersRepository:
     async def next_ids(self, tenant: str, count: int) -> list[int]:
         last = await self.table.increment(_counter(tenant), "value", count)
         if last > MAX_USER_ID:  # only reachable by ~9e9 PUTs, each moving it RESERVE_WINDOW
-            raise Conflict("This tenant has no user ids left")
+            raise IdsExhausted("This tenant has no user ids left")
         return list(range(last - count + 1, last + 1))
 
     async def reserve_id(self, tenant: str, user_id: int) -> None:
@@ -143,8 +139,8 @@ class UsersRepository:
         ``batch`` (a fresh token per call, at most 36 characters) marks what this call
         writes and is its transaction's ClientRequestToken: calling again with the same
         ``batch`` after an answer was lost applies it at most once and answers success if
-        the first call went in. Raises :class:`UserExists` when an id is taken and
-        :class:`Conflict` naming the emails that are already in use.
+        the first call went in. Raises :class:`~api.errors.IdTaken` when an id is taken and
+        :class:`~api.errors.EmailTaken` naming the emails that are already in use.
         """
         operations: list[TransactOp] = []
         for user in users:
@@ -156,7 +152,8 @@ class UsersRepository:
         try:
             await self.table.transact_write(operations, token=batch)
         except TransactionConflict as exc:
-            raise _explain(exc, users) from exc
+            taken = IdTaken(f"An id of users {[u['id'] for u in users]} is taken")
+            raise _explain(exc, users, taken) from exc
 
     async def replace(self, tenant: str, current: Item, user: dict[str, Any]) -> None:
         """Replace ``current`` with ``user`` unless someone changed it since it was read."""
@@ -175,7 +172,7 @@ class UsersRepository:
         try:
             await self.table.transact_write(operations)
         except TransactionConflict as exc:
-            raise _explain(exc, [user]) from exc
+            raise _explain(exc, [user], _changed(user["id"])) from exc
 
     async def remove(self, tenant: str, current: Item) -> None:
         version = int(current["version"])
@@ -192,7 +189,7 @@ class UsersRepository:
                 ]
             )
         except TransactionConflict as exc:
-            raise UserExists(current["id"]) from exc
+            raise _changed(current["id"]) from exc
 
     async def undo_insert(
         self, tenant: str, users: Sequence[dict[str, Any]], batch: str, *, token: str
@@ -219,10 +216,16 @@ class UsersRepository:
 _THROTTLED = frozenset({"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"})
 
 
-def _explain(exc: TransactionConflict, users: Sequence[dict[str, Any]]) -> Exception:
+def _changed(user_id: object) -> RecordChanged:
+    return RecordChanged(f"User {user_id} is being changed concurrently; try again")
+
+
+def _explain(
+    exc: TransactionConflict, users: Sequence[dict[str, Any]], otherwise: Exception
+) -> Exception:
     """Why the transaction was cancelled: throttling is DynamoDB's trouble (503), a taken
-    email the client's conflict (409), a changed or taken user record a race the service
-    retries."""
+    email the client's conflict (409), else the user record's condition (``otherwise``: a
+    race the service retries)."""
     if _THROTTLED & set(exc.reasons):
         return DependencyUnavailable("dynamodb", f"transaction throttled: {exc.reasons}")
     taken = [
@@ -231,8 +234,8 @@ def _explain(exc: TransactionConflict, users: Sequence[dict[str, Any]]) -> Excep
         if _failed(exc.reasons, 2 * index + 1)  # each user's claim follows its record
     ]
     if taken:
-        return Conflict("Email address already in use", emails=taken)
-    return UserExists()
+        return EmailTaken("Email address already in use", emails=taken)
+    return otherwise
 
 
 def _failed(reasons: Sequence[str], index: int) -> bool:

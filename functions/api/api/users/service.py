@@ -16,9 +16,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, EmailTaken, IdTaken, NotFound, RecordChanged
 from api.users.models import UserFields, UserPatch
-from api.users.repository import TRANSACTION_USERS, UserExists, UsersRepository, public
+from api.users.repository import TRANSACTION_USERS, UsersRepository, user_view
 from lambdaloop.cache import MISS, Cache, CacheAside
 from lambdaloop.errors import DependencyError
 from lambdaloop.runtime import beyond_budget
@@ -32,6 +32,21 @@ T = TypeVar("T")
 
 #: Optimistic-concurrency retries when another request changes the same user meanwhile.
 _ATTEMPTS = 3
+
+
+async def _until_unchanged(attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()`` (a read, then a write on the condition that nothing changed since) again
+    while another request changes the user in between, up to ``_ATTEMPTS`` times; the last
+    one's :class:`~api.errors.RecordChanged` is the client's 409."""
+    for _ in range(_ATTEMPTS - 1):
+        try:
+            return await attempt()
+        except (IdTaken, RecordChanged):
+            continue  # changed (or created) concurrently: read it again
+    try:
+        return await attempt()
+    except IdTaken as exc:  # a create raced another create of the id, every time
+        raise RecordChanged(str(exc)) from exc
 
 
 async def _learning_outcome(call: Callable[[], Awaitable[T]]) -> T:
@@ -59,7 +74,7 @@ class UsersService:
 
     async def _load(self, tenant: str, user_id: int) -> dict[str, Any] | None:
         item = await self.repository.get(tenant, user_id)
-        return public(item) if item else None
+        return user_view(item) if item else None
 
     async def get(self, tenant: str, user_id: int) -> dict[str, Any]:
         user = await self._aside.get_or_load(
@@ -79,7 +94,7 @@ class UsersService:
         misses = [i for i in ids if cached[i] is MISS]
         if misses:
             items = await self.repository.get_many(tenant, misses)
-            found = {int(item["id"]): public(item) for item in items}
+            found = {int(item["id"]): user_view(item) for item in items}
             fills = {self._key(tenant, i): found.get(i) for i in misses}
             await self.cache.set_many(fills, only_if_absent=True)
             cached.update({i: found.get(i) for i in misses})
@@ -143,11 +158,11 @@ class UsersService:
                 await _learning_outcome(
                     functools.partial(self.repository.insert, tenant, users, batch=token)
                 )
-            except UserExists:
+            except IdTaken:
                 written.pop()  # refused: nothing of it went in
                 continue  # a client PUT one of these ids: take fresh ones
-            except Conflict:
-                written.pop()
+            except EmailTaken:
+                written.pop()  # refused: nothing of it went in
                 raise
             return
         raise Conflict("Could not assign user ids; try again")
@@ -171,45 +186,39 @@ class UsersService:
         self, tenant: str, user_id: int, fields: UserFields
     ) -> tuple[dict[str, Any], bool]:
         """Create or replace user ``user_id``; True when it was created."""
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> tuple[dict[str, Any], bool]:
             current = await self.repository.get(tenant, user_id, consistent=True)
-            try:
-                if current is None:
-                    await self.repository.reserve_id(tenant, user_id)
-                    user = self._new(user_id, fields)
-                    await self.repository.insert(tenant, [user])
-                else:
-                    user = self._new(user_id, fields, created_at=current["created_at"])
-                    await self.repository.replace(tenant, current, user)
-            except UserExists:
-                continue  # changed (or created) concurrently: read it again
+            if current is None:
+                await self.repository.reserve_id(tenant, user_id)
+                user = self._new(user_id, fields)
+                await self.repository.insert(tenant, [user])
+            else:
+                user = self._new(user_id, fields, created_at=current["created_at"])
+                await self.repository.replace(tenant, current, user)
             await self.cache.set(self._key(tenant, user_id), user)
             return user, current is None
-        raise Conflict(f"User {user_id} is being changed concurrently; try again")
+
+        return await _until_unchanged(attempt)
 
     async def patch(self, tenant: str, user_id: int, changes: UserPatch) -> dict[str, Any]:
-        for _ in range(_ATTEMPTS):
+        async def attempt() -> dict[str, Any]:
             current = await self._current(tenant, user_id)
-            merged = {**public(current), **changes.model_dump(exclude_unset=True)}
+            merged = {**user_view(current), **changes.model_dump(exclude_unset=True)}
             user = {**merged, "updated_at": self._clock()}
-            try:
-                await self.repository.replace(tenant, current, user)
-            except UserExists:
-                continue
+            await self.repository.replace(tenant, current, user)
             await self.cache.set(self._key(tenant, user_id), user)
             return user
-        raise Conflict(f"User {user_id} is being changed concurrently; try again")
+
+        return await _until_unchanged(attempt)
 
     async def delete(self, tenant: str, user_id: int) -> None:
-        for _ in range(_ATTEMPTS):
+        async def attempt() -> None:
             current = await self._current(tenant, user_id)
-            try:
-                await self.repository.remove(tenant, current)
-            except UserExists:
-                continue
+            await self.repository.remove(tenant, current)
             await self.cache.set(self._key(tenant, user_id), None)  # known absent
-            return
-        raise Conflict(f"User {user_id} is being changed concurrently; try again")
+
+        await _until_unchanged(attempt)
 
     async def _current(self, tenant: str, user_id: int) -> Item:
         current = await self.repository.get(tenant, user_id, consistent=True)
