@@ -21,7 +21,7 @@ export UV_PYTHON_DOWNLOADS := never
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help env dev test fuzz test-unit test-integration test-e2e test-infra test-py313 lint format bench build build-x86_64 deploy lock clean
+.PHONY: help env dev test test-loaded fuzz test-unit test-integration test-e2e test-infra test-py313 lint format bench build build-x86_64 deploy lock clean
 
 help:
 	@echo "make dev     run the bundle locally (API on http://127.0.0.1:3000)"
@@ -29,6 +29,7 @@ help:
 	@echo "make build   sam build (arm64, what deploys) into .aws-sam/build, with bytecode"
 	@echo "make build-x86_64   the same for x86_64 into .aws-sam/build-x86_64 (sam local on x86)"
 	@echo "make fuzz    fuzz the API through the local gateway (schemathesis), with its figures"
+	@echo "make test-loaded   the suite (3.11) while two busy loops keep both cores busy"
 	@echo "make lint | bench | deploy | lock | clean"
 
 $(UV):
@@ -59,6 +60,14 @@ test: env
 	$(VENV)/bin/coverage report
 	@if [ -n "$(PY313)" ]; then $(MAKE) --no-print-directory test-py313; \
 	else echo "note: python3.13 not found; the suite ran on $$($(PYTHON) --version) only"; fi
+
+# No assertion may depend on the machine's speed: the suite must pass while other work
+# loads every core. Two busy-loop processes run beside it, and stop with it.
+test-loaded: env
+	@hogs=""; trap 'kill $$hogs 2>/dev/null' EXIT; \
+	for n in 1 2; do (exec $(PYTHON) -c 'while True: pass') & hogs="$$hogs $$!"; done; \
+	echo "busy loops: $$hogs"; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test-py313: $(VENV313)/.synced
 	$(VENV313)/bin/pytest -q
