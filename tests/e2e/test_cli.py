@@ -269,6 +269,13 @@ def test_a_token_minted_before_dev_starts_opens_its_api(tmp_path: Path) -> None:
     assert any(LOCAL_ISSUER in line and LOCAL_AUDIENCE in line for line in dev.banner)
 
 
+#: What GET /users/{user_id} may answer once the function runs: the user, none, or (on a
+#: machine loaded enough that moto misses the function's production timeouts, which the
+#: template does not let ``-n`` raise) the 503 of a dependency that did not answer in time.
+#: These tests check who the function runs as, not how fast moto is.
+RAN = (200, 404, 503)
+
+
 def _invoke(event: dict[str, Any], folder: Path) -> subprocess.CompletedProcess[str]:
     path = folder / "event.json"
     path.write_text(json.dumps(event))
@@ -307,7 +314,7 @@ def test_invoke_checks_the_token_an_event_carries(dev: DevServer, tmp_path: Path
     # And the good token's claims replace the event's: the function runs as carol
     assert good.returncode == 0, good.stderr
     assert "sub carol" in good.stderr
-    assert json.loads(good.stdout)["statusCode"] in (200, 404)
+    assert json.loads(good.stdout)["statusCode"] in RAN
 
 
 def test_invoke_passes_an_events_claims_like_sam_local_invoke(
@@ -321,7 +328,7 @@ def test_invoke_passes_an_events_claims_like_sam_local_invoke(
     result = _invoke(event, tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["statusCode"] in (200, 404)
+    assert json.loads(result.stdout)["statusCode"] in RAN
     assert "JWT authorizer" not in result.stderr
 
 
