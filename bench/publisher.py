@@ -1,11 +1,11 @@
 """The SQS publisher: 1,000 messages with batched sends against one send per message, the
 HTTP requests counted.
 
-One run starts the local stack's AWS side in this process (moto in server mode on a free
-port, the template's resources created), points the layer at it the way ``make dev`` does
-(``AWS_ENDPOINT_URL``, region, test credentials) and sends 1,000 envelopes (``type``
-``user.created``, a small payload, a ``correlation_id`` message attribute) to NotifyQueue in
-each of these ways:
+One run starts the local stack's AWS side (moto in server mode on a free port, in its own
+child process with the stack's patches, the template's resources created), points the layer
+at it the way ``make dev`` does (``AWS_ENDPOINT_URL``, region, test credentials) and sends
+1,000 envelopes (``type`` ``user.created``, a small payload, a ``correlation_id`` message
+attribute) to NotifyQueue in each of these ways:
 
 - ``publish_many``: one :meth:`~lambdaloop.queue.Publisher.publish_many` call with the 1,000
   messages: cut into SendMessageBatch calls of 10, sent concurrently;
@@ -24,13 +24,12 @@ timed run (outside the clock) the queue must hold exactly the 1,000 messages; it
 (moto's 60-second purge limit is turned off for the bench). Peers run round-robin (the one
 going first rotates) after an uncounted warm-up run of 20 messages each.
 
-moto makes every message sent cost O(queue depth) (its queue counters scan every message,
-and SendMessage reads them): a run of 1,000 would time moto's O(n^2), not the client. While
-a run sends, those counters read 0 (:func:`moto_without_depth_scans`); the queue is checked
-with the real counts after it.
+Plain moto makes every message sent cost O(queue depth) (its queue counters scan every
+message, and SendMessage reads them); the stack's moto child indexes its queues
+(:mod:`lambdaloop_local.moto_sqs`), so a run times the client, not moto's O(n^2).
 
-moto runs in this process: its request handling shares the GIL with the client, and the
-loopback round trip is far shorter than SQS's. ``--rtt-ms N`` adds N ms to every request (a
+moto shares this machine's cores with the client, and the loopback round trip is far
+shorter than SQS's. ``--rtt-ms N`` adds N ms to every request (a
 sleep in the hook, on the sending thread) to see what concurrency is worth against a network.
 
 Run it with ``make bench`` or, from any directory, ``.venv/bin/python bench/publisher.py``
@@ -42,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -52,7 +50,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -200,33 +198,6 @@ def boto3_peers(client: Any, counter: RequestCounter, queue_url: str) -> list[Pe
 
 # ------------------------------------------------------------------------------ measuring
 
-#: moto's queue counters, each a scan of every message in the queue.
-_MOTO_COUNTERS = (
-    "approximate_number_of_messages",
-    "approximate_number_of_messages_delayed",
-    "approximate_number_of_messages_not_visible",
-)
-
-
-@contextlib.contextmanager
-def moto_without_depth_scans() -> Iterator[None]:
-    """moto's SendMessage (and each entry of SendMessageBatch) reads ``Queue.attributes`` for
-    one setting, and that property counts the queue's messages three times: every message
-    sent costs O(queue depth), a run of 1,000 O(n^2) (~10 s of moto CPU here, and batches
-    slow enough to hit the layer's 3 s read timeout). Nothing reads those counts while a
-    run sends, so they read 0 for its duration; they are real again when the queue is
-    checked after it."""
-    from moto.sqs.models import Queue
-
-    saved = {name: Queue.__dict__[name] for name in _MOTO_COUNTERS}
-    for name in _MOTO_COUNTERS:
-        setattr(Queue, name, property(lambda self: 0))
-    try:
-        yield
-    finally:
-        for name, counter in saved.items():
-            setattr(Queue, name, counter)
-
 
 @dataclass(slots=True)
 class Samples:
@@ -255,12 +226,11 @@ class Queue:
 
 
 def run_once(peer: Peer, queue: Queue, count: int) -> tuple[float, Counter[str]]:
-    with moto_without_depth_scans():
-        peer.counter.take()
-        started = time.perf_counter()
-        peer.send(count)
-        elapsed = time.perf_counter() - started
-        requests = peer.counter.take()
+    peer.counter.take()
+    started = time.perf_counter()
+    peer.send(count)
+    elapsed = time.perf_counter() - started
+    requests = peer.counter.take()
     if (held := queue.count()) != count:
         raise BenchError(f"{peer.label}: the queue holds {held} message(s), not {count}")
     queue.purge()
@@ -348,7 +318,7 @@ def render_table(samples: dict[str, Samples], args: argparse.Namespace) -> list[
     ours = medians["publish_many"]
     rtt = f"+{args.rtt_ms:g} ms per request" if args.rtt_ms else "no added latency"
     lines = [
-        f"publisher: {args.messages:,} messages to NotifyQueue on moto in-process ({rtt}; "
+        f"publisher: {args.messages:,} messages to NotifyQueue on the moto child ({rtt}; "
         f"N={args.runs} runs, medians; python {platform.python_version()})",
         f"{'way':<36}{'requests':<26}{'median ms':>10}{'p90 ms':>9}{'us/msg':>8}"
         f"{'vs publish_many':>17}",
@@ -375,8 +345,8 @@ def render_table(samples: dict[str, Samples], args: argparse.Namespace) -> list[
             "Publisher: the layer's client (adaptive retries, 32 connections) in its thread pool",
             "  (32 threads), on the environment's loop; publish() sends a SendMessageBatch of one;",
             "boto3: a plain client (default configuration) in this thread;",
-            "moto runs in this process (shared GIL, loopback): see --rtt-ms for a network's cost;",
-            "  its queue counters (a scan of every message per SendMessage) read 0 during a run.",
+            "moto runs in the stack's child process (loopback, same cores): see --rtt-ms for a",
+            "  network's cost; its queues are indexed, so a send does not scan the queue.",
         ]
     )
     return lines

@@ -13,7 +13,9 @@ and bounds on what moto would otherwise keep for ever, so that a long run (a fuz
   DynamoDB's TTL does (a sweep at most every ``ttl_sweep_s``);
 - a shard iterator is forgotten 15 minutes after it was handed out, as AWS expires them;
 - a queue remembers the receipt handles of deleted messages (a repeated delete succeeds) for
-  the last ``deleted_handles`` of them, not all of them.
+  the last ``deleted_handles`` of them, not all of them;
+- a queue's messages are indexed (:mod:`lambdaloop_local.moto_sqs`): each SQS request costs
+  O(the messages it touches), not O(queue depth), and each receive takes its messages alone.
 
 Each patch runs in the child only, which holds nothing else: nothing here is imported by the
 processes that use the server.
@@ -29,12 +31,13 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
+
+from lambdaloop_local.moto_sqs import patch_sqs
 
 __all__ = ["Bounds", "apply"]
 
@@ -61,7 +64,7 @@ def apply(bounds: Bounds) -> None:
     _patch_dynamodb(bounds)
     _patch_transactions()
     _patch_streams()
-    _patch_sqs(bounds)
+    patch_sqs(bounds.deleted_handles)
 
 
 # ------------------------------------------------------------------------------- DynamoDB
@@ -407,75 +410,3 @@ def _patch_streams() -> None:
 
     DynamoDBStreamsBackend.get_shard_iterator = expiring_iterator  # type: ignore[method-assign]
     DynamoDBStreamsBackend.get_records = expiring_records  # type: ignore[method-assign]
-
-
-# -------------------------------------------------------------------------------------- SQS
-
-_sqs_receive_lock = threading.Lock()
-
-
-def _patch_sqs(bounds: Bounds) -> None:
-    """Make each of moto's SQS receives take its messages alone, as SQS hides a received
-    message, and bound the receipt handles each queue remembers.
-
-    moto checks that a message is visible and then marks it received without a lock, so two
-    concurrent ReceiveMessage calls can both take the same message. SQS makes a received
-    message invisible to every other receive for its visibility timeout. Each pass over the
-    queue now runs under one lock; the long-poll wait runs outside it, so a waiting poller
-    does not hold up the others.
-    """
-    from moto.sqs.models import Queue, SQSBackend
-
-    receive = SQSBackend.receive_message
-
-    @functools.wraps(receive)
-    def serialized(
-        self: SQSBackend,
-        queue_name: str,
-        count: int,
-        wait_seconds_timeout: int,
-        visibility_timeout: int,
-        *rest: Any,
-    ) -> Any:
-        deadline = time.monotonic() + wait_seconds_timeout
-        while True:
-            with _sqs_receive_lock:
-                taken = receive(self, queue_name, count, 0, visibility_timeout, *rest)
-            left = deadline - time.monotonic()
-            if taken or left <= 0:
-                return taken
-            self.get_queue(queue_name).wait_for_messages(min(1.0, left))  # type: ignore[arg-type]
-
-    SQSBackend.receive_message = serialized  # type: ignore[method-assign,assignment]
-
-    init = Queue.__init__
-
-    @functools.wraps(init)
-    def bounded_init(self: Queue, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.deleted_messages = _RecentSet(bounds.deleted_handles)
-
-    Queue.__init__ = bounded_init  # type: ignore[method-assign]
-
-
-class _RecentSet(set[str]):
-    """A set that keeps only the latest ``size`` members added (moto calls ``in`` and
-    ``update`` on a queue's deleted receipt handles)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self._size = size
-        self._order: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, member: str) -> None:
-        self._order[member] = None
-        self._order.move_to_end(member)
-        super().add(member)
-        while len(self._order) > self._size:
-            oldest, _ = self._order.popitem(last=False)
-            self.discard(oldest)
-
-    def update(self, *members: Iterable[str]) -> None:
-        for group in members:
-            for member in group:
-                self.add(member)
