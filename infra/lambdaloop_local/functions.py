@@ -9,12 +9,17 @@ starts a fresh one (a cold start), exactly as in AWS.
 A function run with ``snapstart`` stands in for Lambda SnapStart: one worker runs the init
 once (the snapshot), and every environment is a restore from it, a fork of that worker that
 runs the after-restore hooks before it serves invocations (see :mod:`lambdaloop_local.worker`).
+
+Every worker's stdin is the read end of one pipe whose write end only this process holds
+(:func:`_lifeline`): when this process dies, even by SIGKILL, the workers read end of file
+and exit, a worker busy with an invocation included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -80,6 +85,15 @@ class LocalFunction:
         return env
 
 
+@functools.cache
+def _lifeline() -> int:
+    """The read end of this process's lifeline pipe, the workers' stdin. Its write end stays
+    open, unused, for the life of this process: it closes when the process dies, however it
+    dies, and the workers then read end of file. A cache, so one pipe per process."""
+    read_end, _write_end = os.pipe()  # both close on exec: no other child holds the write end
+    return read_end
+
+
 async def _spawn_worker(
     function: LocalFunction, fd: int, *extra: str
 ) -> asyncio.subprocess.Process:
@@ -91,10 +105,11 @@ async def _spawn_worker(
         str(fd),
         "--handler",
         function.spec.handler,
+        "--watch-stdin",
         *extra,
         env=function.process_environment(),
         pass_fds=(fd,),
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=_lifeline(),
         cwd=function.spec.code_uri,
     )
 

@@ -12,6 +12,10 @@ environment as a restore from the snapshot would be, closes the parent's socket,
 after-restore hooks and serves invocations on the socket it was given. The hooks are the
 ones registered through ``snapshot_restore_py`` (Lambda's Python runtimes have it; locally
 a stand-in on the function's path), read as Lambda's runtime reads them.
+
+With ``--watch-stdin`` the process (and each restored child) exits as soon as its stdin
+reaches end of file: the emulator holds the pipe's other end, so an emulator that dies
+without stopping its workers (SIGKILL) does not leave them running a handler.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -69,6 +74,18 @@ def _invoke(handler: Handler, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": _error(exc)}
 
 
+def _exit_when_orphaned() -> None:
+    """Block until stdin reaches end of file (the emulator is gone), then end the process at
+    once, whatever the handler is doing. Raw reads: no lock a fork could copy held."""
+    while os.read(0, 4096):
+        pass
+    os._exit(0)
+
+
+def _watch_stdin() -> None:
+    threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
+
+
 def _line(channel: socket.socket, message: dict[str, Any]) -> None:
     channel.sendall(json.dumps(message).encode() + b"\n")
 
@@ -109,7 +126,10 @@ def _after_restore() -> None:
 
 
 def _serve_restores(
-    control: socket.socket, handler: Handler | None, error: dict[str, Any] | None
+    control: socket.socket,
+    handler: Handler | None,
+    error: dict[str, Any] | None,
+    watch_stdin: bool,
 ) -> None:
     """The snapshot: fork a restored environment for each request until the emulator
     closes the control socket."""
@@ -126,13 +146,17 @@ def _serve_restores(
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _restored(control, fds[0], handler, error)  # never returns
+            _restored(control, fds[0], handler, error, watch_stdin)  # never returns
         os.close(fds[0])
         _line(control, {"restored": pid})
 
 
 def _restored(
-    control: socket.socket, fd: int, handler: Handler | None, error: dict[str, Any] | None
+    control: socket.socket,
+    fd: int,
+    handler: Handler | None,
+    error: dict[str, Any] | None,
+    watch_stdin: bool,
 ) -> None:
     """The child of a restore: run the after-restore hooks, then serve invocations."""
     code = 0
@@ -140,6 +164,8 @@ def _restored(
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the function may run subprocesses
         control.close()  # the snapshot's socket is not the environment's
         channel = socket.socket(fileno=fd)
+        if watch_stdin:
+            _watch_stdin()  # the snapshot's watcher thread is not copied by the fork
         started = time.perf_counter()
         if error is None:
             try:
@@ -169,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="stand in for SnapStart: init once, then fork a restored environment per request",
     )
+    parser.add_argument(
+        "--watch-stdin", action="store_true", help="exit when stdin reaches end of file"
+    )
     args = parser.parse_args(argv)
+    if args.watch_stdin:
+        _watch_stdin()
 
     # The handler's prints and log lines must not mix with the protocol: send them to stderr.
     sys.stdout = sys.stderr
@@ -191,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     _line(channel, {"ready": True, "init_ms": init_ms, "error": init_error})
 
     if args.snapshot:
-        _serve_restores(channel, handler, init_error)
+        _serve_restores(channel, handler, init_error, args.watch_stdin)
     else:
         _serve(channel, handler, init_error)
     return 0

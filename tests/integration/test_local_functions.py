@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -34,7 +40,31 @@ def fails(event, context):
 
 def unserialisable(event, context):
     return {"when": object()}
+
+def blocks(event, context):
+    import sys, threading
+    sys.stderr.write(f"blocking in {os.getpid()}\\n")
+    sys.stderr.flush()
+    threading.Event().wait()  # never set
 """
+
+#: An emulator in a process of its own: a pool whose one invocation never returns.
+EMULATOR = """
+import asyncio, sys
+from pathlib import Path
+
+from lambdaloop_local.functions import FunctionPool
+from support import function_in_folder
+
+async def main():
+    pool = FunctionPool(function_in_folder(Path(sys.argv[1]), "handlers.blocks", timeout=900))
+    await pool.invoke({})
+
+asyncio.run(main())
+"""
+
+#: Seconds a test waits for a process to show a line or to exit: a bound, not an expectation.
+_BOUND = 60.0
 
 
 def local_function(code: Path, handler: str, timeout: int = 3) -> LocalFunction:
@@ -117,3 +147,50 @@ def test_a_result_lambda_cannot_serialise_is_an_error(code: Path) -> None:
 
     assert isinstance(failed, InvocationError)
     assert failed.payload["errorType"] == "TypeError"
+
+
+def _line_matching(stream: IO[bytes], pattern: str, bound: float) -> re.Match[bytes]:
+    """The first match of ``pattern`` in what ``stream`` says within ``bound`` seconds."""
+    deadline = time.monotonic() + bound
+    seen = b""
+    while (found := re.search(pattern.encode(), seen)) is None:
+        left = deadline - time.monotonic()
+        readable, _, _ = select.select([stream], [], [], max(left, 0))
+        chunk = os.read(stream.fileno(), 4096) if readable else b""
+        if not chunk:
+            pytest.fail(f"no {pattern!r} within {bound} s; it said: {seen.decode()[-2000:]}")
+        seen += chunk
+    return found
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pid through a pidfd (Linux)")
+def test_a_worker_busy_with_an_invocation_dies_with_its_killed_emulator(code: Path) -> None:
+    # Given an emulator process whose worker is inside an invocation that never returns
+    emulator = subprocess.Popen(
+        [sys.executable, "-c", EMULATOR, str(code)],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert emulator.stderr is not None
+        worker = int(_line_matching(emulator.stderr, r"blocking in (\d+)\n", _BOUND)[1])
+        assert worker not in {emulator.pid, os.getpid()}
+        worker_exit = os.pidfd_open(worker)  # readable once that process has ended
+        try:
+            assert select.select([worker_exit], [], [], 0)[0] == []  # it runs the handler
+
+            # When the emulator is SIGKILLed (no chance to stop its workers)
+            emulator.send_signal(signal.SIGKILL)
+            assert emulator.wait(_BOUND) == -signal.SIGKILL
+
+            # Then the worker ends too, without its invocation returning
+            assert select.select([worker_exit], [], [], _BOUND)[0] == [worker_exit]
+        finally:
+            os.close(worker_exit)
+    finally:
+        if emulator.poll() is None:
+            emulator.kill()
+            emulator.wait()
+        if emulator.stderr is not None:
+            emulator.stderr.close()
