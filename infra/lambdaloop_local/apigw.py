@@ -16,6 +16,8 @@ Where this gateway knowingly differs from API Gateway HTTP API:
   not the answers: here 413, 414 (the request line alone) or 431, as the RFCs name them. A
   method the HTTP parser does not know (``FOO``) is 501 (RFC 9110); a method it knows
   (``TRACE``) reaches an ``ANY`` route's function. A bare CR or another malformed head is 400.
+- How header bytes that are not UTF-8 reach the function is not documented: here such a
+  value is read as ISO-8859-1, so the event always holds text.
 - Which bodies are base64-encoded is not documented either: as others observed on AWS, every
   body but ``text/*``, ``application/json``, ``application/xml`` and ``application/javascript``
   ones; and here a text body that is not UTF-8 too (JSON events cannot carry its bytes).
@@ -97,6 +99,8 @@ class HttpRoute:
 
 
 def _compile(path: str) -> tuple[re.Pattern[str], tuple[int, int, int]]:
+    # DOTALL and \Z: a decoded path may hold a line feed (%0A), which API Gateway routes
+    # like any other character; ``.`` and ``$`` would not match it, or match before it.
     parts, literal, params, greedy = [], 0, 0, 0
     for segment in path.strip("/").split("/") if path != "/" else []:
         if segment.startswith("{") and segment.endswith("+}"):
@@ -108,7 +112,8 @@ def _compile(path: str) -> tuple[re.Pattern[str], tuple[int, int, int]]:
         else:
             parts.append(re.escape(segment))
             literal += 1
-    return re.compile("^/" + "/".join(parts) + "$"), (-greedy, literal, -params)
+    pattern = re.compile(r"\A/" + "/".join(parts) + r"\Z", re.DOTALL)
+    return pattern, (-greedy, literal, -params)
 
 
 def http_api_routes(template: Template) -> list[HttpRoute]:
@@ -186,6 +191,17 @@ def _body_field(content_type: str, body: bytes) -> tuple[str, bool]:
     return base64.b64encode(body).decode(), True
 
 
+def _header_text(value: str) -> str:
+    """A header value as text the event can carry: aiohttp keeps bytes that are not UTF-8
+    as lone surrogates, which no JSON encoder writes; such a value is read as ISO-8859-1
+    (a character per byte, RFC 9110's obs-text) instead."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
 def build_event(
     route: HttpRoute,
     path_parameters: Mapping[str, str],
@@ -201,8 +217,8 @@ def build_event(
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
     merged: dict[str, str] = {}
     cookies: list[str] = []
-    for name, value in pairs:
-        key = name.lower()
+    for name, raw_value in pairs:
+        key, value = name.lower(), _header_text(raw_value)
         if key == "cookie":
             cookies.extend(c.strip() for c in value.split(";") if c.strip())
             continue
@@ -343,10 +359,24 @@ def make_app(
     requests that aiohttp's parser refuses are answered by aiohttp, not in API Gateway's
     JSON; :func:`make_server` answers them too."""
     handle = _handler(routes, invoke, authorizer, limits or GatewayLimits())
-    app = web.Application()
+    app = web.Application(middlewares=[_not_found_in_json])
     # The handler answers Expect: 100-continue itself, once it knows the body is welcome.
-    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_no_continue)
+    # Every path reaches it (aiohttp's ``.*`` would leave a decoded line feed to aiohttp's
+    # own text/plain 404): routing, and API Gateway's JSON 404, are the handler's.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle, expect_handler=_no_continue)
     return app
+
+
+@web.middleware
+async def _not_found_in_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """What aiohttp's router cannot route at all (a request target that is not a path, such
+    as ``OPTIONS *``) gets API Gateway's JSON 404, not aiohttp's text/plain one."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return gateway_error(404, "Not Found")
 
 
 async def _no_continue(request: web.Request) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lambdaloop_local.apigw import HttpRoute, http_api_routes, make_server
+from lambdaloop_local.apigw import HttpRoute, http_api_routes, make_app, make_server
 from lambdaloop_local.apigw_http import GatewayLimits
 from lambdaloop_local.auth import JwtAuthorizer, SigningKey, template_scopes
 from lambdaloop_local.stack import LocalStack
@@ -35,17 +35,20 @@ ROUTES = [HttpRoute.parse("ANY", "/{proxy+}", "Proxy"), HttpRoute.parse("ANY", "
 
 
 class RunningGateway:
-    """``make_server`` on 127.0.0.1 on its own loop in a thread, in front of ``invoke``
-    (by default a function that records its events and answers 200)."""
+    """``make_server`` (or, ``as_app``, ``make_app`` in an aiohttp app) on 127.0.0.1 on its
+    own loop in a thread, in front of ``invoke`` (by default a function that records its
+    events and answers 200)."""
 
     def __init__(
         self,
         limits: GatewayLimits = LIMITS,
         *,
         cleanup: Callable[[], Awaitable[None]] | None = None,
+        as_app: bool = False,
         **server_args: Any,
     ) -> None:
         self.limits = limits
+        self.as_app = as_app
         self.server_args = server_args
         self._cleanup = cleanup
         self.events: list[dict[str, Any]] = []
@@ -58,9 +61,13 @@ class RunningGateway:
         return {"statusCode": 200, "body": json.dumps({"function": function})}
 
     def __enter__(self) -> RunningGateway:
-        async def start() -> web.ServerRunner:
+        async def start() -> web.BaseRunner:
             args = {"routes": ROUTES, "invoke": self._record, **self.server_args}
-            runner = web.ServerRunner(make_server(limits=self.limits, **args))
+            runner: web.BaseRunner = (
+                web.AppRunner(make_app(limits=self.limits, **args))
+                if self.as_app
+                else web.ServerRunner(make_server(limits=self.limits, **args))
+            )
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
             self.port = runner.addresses[0][1]
@@ -340,6 +347,56 @@ def test_trace_reaches_an_any_route_like_any_method(gateway: RunningGateway) -> 
 
     assert answer.status == 200
     assert gateway.events[0]["requestContext"]["http"]["method"] == "TRACE"
+
+
+# ---------------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize(
+    ("target", "proxy"),
+    [("/users/a%0Ab", "users/a\nb"), ("/x%0A", "x\n"), ("/%0A/y%0D%0A", "\n/y\r\n")],
+)
+@pytest.mark.parametrize("as_app", [False, True], ids=["server", "app"])
+def test_a_decoded_line_feed_in_a_path_is_routed_like_any_character(
+    target: str, proxy: str, as_app: bool
+) -> None:
+    with RunningGateway(as_app=as_app) as gateway:
+        answer = gateway.send(request("GET", target, {}))
+
+    assert answer.status == 200
+    [event] = gateway.events
+    assert event["pathParameters"] == {"proxy": proxy}
+    assert event["rawPath"] == target
+
+
+@pytest.mark.parametrize("as_app", [False, True], ids=["server", "app"])
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [("OPTIONS", "*"), ("GET", "/%0A"), ("GET", "//"), ("GET", "/items/1/more")],
+)
+def test_a_path_no_route_matches_is_api_gateways_json_404(
+    method: str, target: str, as_app: bool
+) -> None:
+    # Given routes for / and /items/{id} only (no proxy)
+    routes = [HttpRoute.parse("GET", "/", "Root"), HttpRoute.parse("GET", "/items/{id}", "Item")]
+    with RunningGateway(routes=routes, as_app=as_app) as gateway:
+        answer = gateway.send(request(method, target, {}))
+
+    assert answer.is_gateway_error(404, "Not Found")
+    assert gateway.events == []
+
+
+def test_a_header_value_that_is_not_utf8_reaches_the_function_as_latin1_text(
+    gateway: RunningGateway,
+) -> None:
+    raw = request("GET", "/users", {}).replace(b"\r\n\r\n", b"\r\nX-Note: caf\xe9\r\n\r\n")
+
+    answer = gateway.send(raw)
+
+    assert answer.status == 200
+    [event] = gateway.events
+    assert event["headers"]["x-note"] == "caf\u00e9"
+    json.dumps(event).encode()  # what the function's pipe carries: text, no lone surrogates
 
 
 # ---------------------------------------------------------------------------------- malformed
