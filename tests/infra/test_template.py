@@ -728,6 +728,7 @@ def test_no_policy_allows_every_action(template: Template) -> None:
 
 #: Every route of the API function and the one scope it needs (None: public, no token at all).
 #: ANY /{proxy+} needs a token but no scope: it only answers 404/405 for unknown paths.
+#: A public path is public for every method (ANY <path>, no authorizer): the app's 405.
 ROUTE_SCOPES: dict[str, str | None] = {
     "GET /": None,
     "GET /health": None,
@@ -749,8 +750,9 @@ ROUTE_SCOPES: dict[str, str | None] = {
     "POST /jobs/fetch": "lambdaloop/jobs.write",
     "POST /jobs/compute": "lambdaloop/jobs.write",
 }
-PROXY_ROUTE = "ANY /{proxy+}"
 PUBLIC_ROUTES = {route for route, scope in ROUTE_SCOPES.items() if scope is None}
+PUBLIC_OTHER_METHODS = {f"ANY {route.split(' ', 1)[1]}" for route in PUBLIC_ROUTES}
+CATCH_ALL_ROUTES = {"ANY /{proxy+}": None} | dict.fromkeys(PUBLIC_OTHER_METHODS)
 SCOPES = {
     f"lambdaloop/{family}.{access}"
     for family in ("users", "notifications", "jobs")
@@ -874,11 +876,11 @@ def _unguarded_references(
     yield from (name for name in named if name in conditional and conditional[name] not in guards)
 
 
-def test_api_routes_are_exactly_the_app_routes_and_the_proxy(template: Template) -> None:
+def test_api_routes_are_exactly_the_app_routes_and_the_catch_alls(template: Template) -> None:
     events = _http_api_events(template)
     # Every route reaches the API function, and no other function takes HTTP requests
     assert {function for function, _ in events.values()} == {"ApiFunction"}
-    assert set(events) == set(ROUTE_SCOPES) | {PROXY_ROUTE}
+    assert set(events) == set(ROUTE_SCOPES) | set(CATCH_ALL_ROUTES)
     for route, (_, properties) in events.items():
         assert properties["ApiId"] == {"Ref": "HttpApi"}, route
 
@@ -914,15 +916,15 @@ def test_the_template_routes_every_route_of_the_app() -> None:
 
 def test_public_routes_carry_no_authorizer(template: Template) -> None:
     events = _http_api_events(template)
-    for route in PUBLIC_ROUTES:
+    for route in PUBLIC_ROUTES | PUBLIC_OTHER_METHODS:
         assert events[route][1]["Auth"] == {"Authorizer": "NONE"}, route
 
 
 def test_every_other_route_needs_a_token_and_exactly_its_scope(template: Template) -> None:
     events = _http_api_events(template)
     default = template.resources["HttpApi"]["Properties"]["Auth"]["DefaultAuthorizer"]
-    for route, scope in {**ROUTE_SCOPES, PROXY_ROUTE: None}.items():
-        if route in PUBLIC_ROUTES:
+    for route, scope in {**ROUTE_SCOPES, **CATCH_ALL_ROUTES}.items():
+        if route in PUBLIC_ROUTES | PUBLIC_OTHER_METHODS:
             continue
         auth = events[route][1].get("Auth") or {}
         assert auth.get("Authorizer", default) == "JwtAuthorizer", route

@@ -250,14 +250,14 @@ def test_public_routes_need_no_caller(api: InProcessApi) -> None:
 
 def _template_routes() -> dict[tuple[str, str], list[str] | None]:
     """The API function's routes in template.yaml and the scopes each requires (None: no
-    authorizer), with ANY /{proxy+} left out: it only reaches unknown paths."""
+    authorizer), with the ANY routes left out: they only reach unknown paths and methods."""
     from lambdaloop_local.template import load_template
 
     function = load_template().resources["ApiFunction"]["Properties"]
     routes: dict[tuple[str, str], list[str] | None] = {}
     for event in function["Events"].values():
         props = event["Properties"]
-        if props["Path"] == "/{proxy+}":
+        if props["Method"] == "ANY":
             continue
         auth = props.get("Auth") or {}
         scopes = None if auth.get("Authorizer") == "NONE" else auth.get("AuthorizationScopes")
