@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.routing import Route
 
 import lambdaloop
 from api import docs, system
@@ -48,6 +50,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for route in app.router.routes:  # every POST takes an Idempotency-Key (the middleware's)
         if isinstance(route, APIRoute) and "POST" in (route.methods or ()):
             route.openapi_extra = {"parameters": [OPENAPI_PARAMETER]}
+    _literal_paths_are_their_own(app)
     document(app)
 
     @functools.cache
@@ -67,6 +70,23 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, budget_share=settings.request_budget_share)
     return app
+
+
+def _literal_paths_are_their_own(app: FastAPI) -> None:
+    """A literal path is a resource of its own, as OpenAPI reads paths: every method on it
+    is answered by its routes, and one it does not have is 405 with their methods in Allow.
+    Starlette would let ``PUT /users/batch`` fall through to ``PUT /users/{user_id}`` (a 422
+    for the id "batch"), and ``GET /jobs/fetch`` to ``GET /jobs/{job_id}``: a route with
+    parameters is made not to match the literal paths that share its shape."""
+    routes = [route for route in app.router.routes if isinstance(route, Route)]
+    literal = {route.path for route in routes if not route.param_convertors}
+    for route in routes:
+        shadowed = sorted(
+            path for path in literal if route.param_convertors and route.path_regex.match(path)
+        )
+        if shadowed:
+            others = "|".join(re.escape(path) for path in shadowed)
+            route.path_regex = re.compile(f"^(?!(?:{others})$){route.path_regex.pattern[1:]}")
 
 
 def _check_for_pydantic_v1_only_once_loaded() -> None:

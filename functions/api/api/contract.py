@@ -43,15 +43,18 @@ _MEANINGS: dict[int, str] = {
     "Retry-After).",
     413: "The body is over the API's limit (256 KiB by default): the app's problem+json. "
     "Over API Gateway's own 10 MB, the gateway answers with its JSON.",
+    414: "The URL is over API Gateway's 10240-byte quota: the gateway's `{\"message\": ...}`.",
     422: "The request is well-formed but invalid: `errors` names each field at fault "
     "(`body.email`, `query.user_ids.0`, `path.user_id`, ...). Also: the Idempotency-Key "
     "was used for another request.",
+    431: "The request line and header values are over API Gateway's 10240-byte quota: the "
+    'gateway\'s `{"message": ...}`.',
     429: "Too many jobs of the caller are queued or running; Retry-After says when to retry.",
     503: "A dependency did not answer, or the request ran out of its time budget; safe to "
     "retry after Retry-After.",
 }
 _GATEWAY_TOO: frozenset[int] = frozenset({401, 413})
-_GATEWAY_ONLY: frozenset[int] = frozenset({403})
+_GATEWAY_ONLY: frozenset[int] = frozenset({403, 414, 431})
 _WITH_RETRY_AFTER: frozenset[int] = frozenset({409, 429, 503})
 
 
@@ -96,6 +99,11 @@ def _shared_statuses(route: APIRoute) -> set[int]:
         statuses |= {400, 409, 422}
     if dependant.path_params or dependant.query_params or dependant.header_params:
         statuses.add(422)
+    # The gateway's quotas, which a long enough value reaches before any rule of the app.
+    if dependant.path_params or dependant.query_params:
+        statuses.add(414)
+    if "POST" in methods or dependant.header_params:
+        statuses.add(431)
     if route.path != "/":  # everything else calls a dependency within the time budget
         statuses.add(503)
     return statuses

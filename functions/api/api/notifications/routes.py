@@ -44,7 +44,9 @@ async def inbox(
     tenant: NotificationsRead,
     user_id: PathId,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    # A cursor is what the listing gave: URL-safe base64, unpadded (which keeps a URL with
+    # one within API Gateway's 10240 bytes; one it did not give is a 400).
+    cursor: Annotated[str | None, Query(max_length=2048, pattern=r"^[A-Za-z0-9_-]+$")] = None,
 ) -> dict[str, Any]:
     notifications, next_cursor = await get_notifications_service().inbox(
         tenant, user_id, limit, cursor
