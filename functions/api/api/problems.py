@@ -79,8 +79,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _allowed_methods(request: Request) -> list[str]:
     """The methods of every route whose path matches the request's: Starlette's 405 names
-    only the first such route's (``DELETE /jobs/fetch`` would say POST, though ``GET``
-    answers there too, as the job route)."""
+    only the first such route's (``HEAD /users/1`` would say GET, though PUT, PATCH and
+    DELETE answer there too, each its own route)."""
     path = request.scope["path"]
     methods: set[str] = set()
     for route in request.app.router.routes:
