@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lambdaloop_local.apigw import http_api_routes, make_app
+from lambdaloop_local.apigw import http_api_routes, make_server
 from lambdaloop_local.auth import JwtAuthorizer, SigningKey, template_scopes
 from lambdaloop_local.stack import LocalStack, StackConfig
 from support import CI_AWS_TIMEOUTS, CI_REDIS_TIMEOUTS
@@ -80,7 +80,9 @@ def dev_gateway(env_vars: Mapping[str, str] = FUZZ_ENV) -> Iterator[DevGateway]:
             async def invoke(function: str, event: dict[str, Any]) -> Any:
                 return (await stack.pool(function).invoke(event)).result
 
-            runner = web.AppRunner(make_app(routes, invoke, JwtAuthorizer(key)), access_log=None)
+            # The server `lambdaloop dev` runs: API Gateway's JSON answers to what aiohttp's
+            # parser refuses, too.
+            runner = web.ServerRunner(make_server(routes, invoke, JwtAuthorizer(key)))
             try:
                 await runner.setup()
                 site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 __all__ = ["FIGURES", "FuzzFigures"]
@@ -10,18 +9,17 @@ __all__ = ["FIGURES", "FuzzFigures"]
 
 @dataclass
 class FuzzFigures:
-    """What the fuzz run did: cases sent, operations and links they covered."""
+    """What the fuzz run did (from schemathesis' report and output) and the stack's memory."""
 
     cases: int = 0
-    operations: set[str] = field(default_factory=set)
-    links: set[str] = field(default_factory=set)
+    operations: int = 0
+    operation_total: int = 0
+    links_covered: int = 0
     link_total: int = 0
-    started: float = field(default_factory=time.perf_counter)
+    links_inferred: int = 0
+    failures: int = 0
+    seconds: float = 0.0
     memory: list[tuple[str, str, int | None]] = field(default_factory=list)
-
-    def record(self, operation: str) -> None:
-        self.cases += 1
-        self.operations.add(operation)
 
 
 FIGURES = FuzzFigures()
