@@ -50,14 +50,15 @@ def blocks(event, context):
 
 #: An emulator in a process of its own: a pool whose one invocation never returns.
 EMULATOR = """
-import asyncio, sys
+import asyncio, dataclasses, sys
 from pathlib import Path
 
 from lambdaloop_local.functions import FunctionPool
 from support import function_in_folder
 
 async def main():
-    pool = FunctionPool(function_in_folder(Path(sys.argv[1]), "handlers.blocks", timeout=900))
+    function = function_in_folder(Path(sys.argv[1]), "handlers.blocks", timeout=900)
+    pool = FunctionPool(dataclasses.replace(function, snapstart=sys.argv[2] == "snapstart"))
     await pool.invoke({})
 
 asyncio.run(main())
@@ -164,10 +165,14 @@ def _line_matching(stream: IO[bytes], pattern: str, bound: float) -> re.Match[by
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pid through a pidfd (Linux)")
-def test_a_worker_busy_with_an_invocation_dies_with_its_killed_emulator(code: Path) -> None:
-    # Given an emulator process whose worker is inside an invocation that never returns
+@pytest.mark.parametrize("kind", ["worker", "snapstart"])
+def test_a_worker_busy_with_an_invocation_dies_with_its_killed_emulator(
+    code: Path, kind: str
+) -> None:
+    # Given an emulator process whose environment (a worker, or a restore forked from the
+    # SnapStart snapshot) is inside an invocation that never returns
     emulator = subprocess.Popen(
-        [sys.executable, "-c", EMULATOR, str(code)],
+        [sys.executable, "-c", EMULATOR, str(code), kind],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
