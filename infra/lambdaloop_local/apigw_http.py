@@ -96,7 +96,9 @@ async def read_body(request: web.BaseRequest, limits: GatewayLimits) -> bytes | 
         logger.info(
             "%s %s: no whole body within %ss", request.method, request.path, limits.body_timeout_s
         )
-        return await _answer_and_close(request, gateway_error(HTTPStatus.REQUEST_TIMEOUT))
+        # A slow client may still be sending: read and drop it for a while (_closing), so
+        # that it gets this answer rather than a reset of a close with its bytes unread.
+        return _closing(gateway_error(HTTPStatus.REQUEST_TIMEOUT))
     except HttpProcessingError as exc:
         logger.info("%s %s: malformed body: %s", request.method, request.path, exc.message)
         return await _answer_and_close(request, gateway_error(HTTPStatus.BAD_REQUEST))
@@ -112,8 +114,8 @@ def _closing(response: web.Response) -> web.Response:
 
 
 async def _answer_and_close(request: web.BaseRequest, response: web.Response) -> web.Response:
-    """Send ``response`` and close at once: the client is not sending, so there is nothing
-    to wait for (the transport still flushes the answer before it closes)."""
+    """Send ``response`` and close at once: the body cannot be read on (it is malformed), so
+    there is nothing to wait for (the transport still flushes the answer before it closes)."""
     response.force_close()
     await response.prepare(request)
     await response.write_eof()

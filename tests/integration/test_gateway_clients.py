@@ -134,9 +134,16 @@ class Answer:
 
 
 def read_until_closed(client: socket.socket) -> bytes:
-    """What the peer writes before it closes (a read that outlasts SOCKET_TIMEOUT_S fails)."""
+    """What the peer writes before it closes (a read that outlasts SOCKET_TIMEOUT_S fails).
+    A reset ends the connection too: a peer that closes with bytes of ours unread resets it."""
     received = b""
-    while chunk := client.recv(65536):
+    while True:
+        try:
+            chunk = client.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
         received += chunk
     return received
 
