@@ -92,13 +92,35 @@ async def first_attempt(envelope):
     return True
 
 
+# The records of this environment's batch still running, and a condition to wait on it.
+running = 0
+settled = asyncio.Condition()
+
+
+async def until_alone():
+    # A deadline's cut cannot recall a write already sent (boto3's call runs on in its
+    # thread): a good record cut as its increment was under way would be applied, then
+    # retried and applied again. So a slow record lets the rest of its batch finish first;
+    # then the deadline cuts it alone.
+    async with settled:
+        await settled.wait_for(lambda: running == 1)
+
+
 async def work(envelope, context):
-    if envelope.payload.get("fail"):
-        raise RuntimeError(f"poison payload {envelope.id}")
-    if envelope.payload.get("slow") and await first_attempt(envelope):
-        await asyncio.Event().wait()  # never set: only the deadline ends it
-    await effects.increment({"id": envelope.id}, "applied")
-    return {"applied": envelope.id}
+    global running
+    running += 1
+    try:
+        if envelope.payload.get("fail"):
+            raise RuntimeError(f"poison payload {envelope.id}")
+        if envelope.payload.get("slow") and await first_attempt(envelope):
+            await until_alone()
+            await asyncio.Event().wait()  # never set: only the deadline ends it
+        await effects.increment({"id": envelope.id}, "applied")
+        return {"applied": envelope.id}
+    finally:
+        running -= 1
+        async with settled:
+            settled.notify_all()
 
 
 processor = SqsProcessor({"work": work}, guard=guard, margin_s=0.5)
