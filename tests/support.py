@@ -20,6 +20,7 @@ from lambdaloop_local.template import FunctionSpec
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from api.settings import ApiSettings
     from lambdaloop.jobs import JobStore
     from lambdaloop_local.stack import LocalStack
 
@@ -267,6 +268,23 @@ def function_in_folder(
         properties={},
     )
     return LocalFunction(spec, dict(environment or {}), ())
+
+
+def api_settings(**overrides: str) -> ApiSettings:
+    """The API's settings for an app no request of which reaches AWS (unit tests): names for
+    the tables and queue the template would give, and ``overrides`` (variables) over them."""
+    from api.settings import ApiSettings
+
+    return ApiSettings.from_env(
+        {
+            "USERS_TABLE": "users",
+            "NOTIFICATIONS_TABLE": "notifications",
+            "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
+            "JOBS_TABLE": "jobs",
+            "IDEMPOTENCY_TABLE": "idempotency",
+            **overrides,
+        }
+    )
 
 
 def handlers_folder(root: Path, handlers: str) -> Path:

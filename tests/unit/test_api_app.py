@@ -12,11 +12,11 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from api.app import create_app
-from api.settings import ApiSettings, get_api_settings
+from api.settings import get_api_settings
 from api.system import health_probes
 from lambdaloop.asgi import asgi_handler
 from lambdaloop.health import Probe
-from support import http_event, lambda_context
+from support import api_settings, http_event, lambda_context
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -34,16 +34,7 @@ async def hangs() -> object:
     return None
 
 
-SETTINGS = ApiSettings.from_env(
-    {
-        "USERS_TABLE": "users",
-        "NOTIFICATIONS_TABLE": "notifications",
-        "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
-        "JOBS_TABLE": "jobs",
-        "IDEMPOTENCY_TABLE": "idempotency",
-        "LAMBDALOOP_HEALTH_TIMEOUT_S": "0.2",
-    }
-)
+SETTINGS = api_settings(LAMBDALOOP_HEALTH_TIMEOUT_S="0.2")
 
 
 def make_handler(probes: Mapping[str, Probe] | None = None) -> tuple[FastAPI, Handler]:

@@ -15,24 +15,15 @@ from pydantic import ValidationError
 from api.app import create_app
 from api.fields import EMAIL_PATTERN, MESSAGE_PATTERN, NAME_PATTERN
 from api.jobs import models as jobs_models
-from api.settings import ApiSettings
 from api.users.models import UserFields
 from lambdaloop.asgi import asgi_handler
 from lambdaloop.compute.kinds import prime_count, sha256_chain, sum_of_squares
 from lambdaloop.compute.kinds.base import Kind
-from support import http_event, lambda_context, with_claims
+from support import api_settings, http_event, lambda_context, with_claims
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
-SETTINGS = ApiSettings.from_env(
-    {
-        "USERS_TABLE": "users",
-        "NOTIFICATIONS_TABLE": "notifications",
-        "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
-        "JOBS_TABLE": "jobs",
-        "IDEMPOTENCY_TABLE": "idempotency",
-    }
-)
+SETTINGS = api_settings()
 
 
 def make_handler() -> tuple[FastAPI, Handler]:

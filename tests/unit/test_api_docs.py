@@ -19,21 +19,12 @@ from starlette.routing import Route
 from api import docs
 from api.app import create_app
 from api.problems import install_problem_handlers
-from api.settings import ApiSettings
 from lambdaloop.asgi import asgi_handler
-from support import http_event, lambda_context
+from support import api_settings, http_event, lambda_context
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 PACKAGED = resources.files("fastapi_offline") / "static"
-SETTINGS = ApiSettings.from_env(
-    {
-        "USERS_TABLE": "users",
-        "NOTIFICATIONS_TABLE": "notifications",
-        "NOTIFY_QUEUE_URL": "http://sqs.local/queue",
-        "JOBS_TABLE": "jobs",
-        "IDEMPOTENCY_TABLE": "idempotency",
-    }
-)
+SETTINGS = api_settings()
 
 
 def handler(*, local: bool) -> Handler:
