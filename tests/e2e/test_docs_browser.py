@@ -9,10 +9,6 @@ and is skipped where there is none (.ci/run installs it).
 from __future__ import annotations
 
 import json
-import queue
-import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,10 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from api import docs
-from lambdaloop_local.services import free_port
+from dev_server import START_TIMEOUT_S, DevServer, running_dev, template_copy, token
 
-ROOT = Path(__file__).parents[2]
-CLI = [sys.executable, "-m", "lambdaloop_local.cli"]
 CHROMIUM = Path("/usr/bin/chromium")
 #: The machine's network refuses outside connections: no background traffic of the browser's.
 CHROMIUM_ARGS = [
@@ -40,8 +34,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 #: Bounds on waiting (processes starting, the page loading), never timings under test.
-START_TIMEOUT_S = 90
-STOP_TIMEOUT_S = 30
 UI_TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.skipif(
@@ -49,95 +41,29 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Dev:
-    """``lambdaloop dev`` on a template copy of its own (its state folder, signing key
-    included, is the copy's), until stopped."""
-
-    def __init__(self, template: Path) -> None:
-        self.template = template
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        dev = ["dev", "--port", str(self.port), "--aws-port", "0", "--concurrency", "1"]
-        self.process = subprocess.Popen(
-            [*CLI, "--template", str(template), *dev],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.pump = threading.Thread(target=self._pump, daemon=True)
-        self.pump.start()
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_until_ready(self) -> None:
-        seen = []
-        while (line := self.lines.get(timeout=START_TIMEOUT_S)) is not None:
-            seen.append(line)
-            if "Press Ctrl-C" in line:
-                return
-        raise AssertionError(f"lambdaloop dev exited early: {seen}")
-
-    def token(self, subject: str) -> str:
-        """``lambdaloop token SUBJECT``, as a user gets one."""
-        result = subprocess.run(
-            [*CLI, "--template", str(self.template), "token", subject],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=START_TIMEOUT_S,
-            check=True,
-        )
-        return result.stdout.strip()
-
-    def create_user(self, bearer: str, name: str, email: str) -> int:
-        request = urllib.request.Request(
-            f"{self.url}/users",
-            data=json.dumps({"name": name, "email": email}).encode(),
-            headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=START_TIMEOUT_S) as response:
-            assert response.status == 201
-            return int(json.loads(response.read())["id"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: it stops what it started
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_S)
-        self.pump.join(STOP_TIMEOUT_S)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
+def create_user(dev: DevServer, bearer: str, name: str, email: str) -> int:
+    request = urllib.request.Request(
+        f"{dev.url}/users",
+        data=json.dumps({"name": name, "email": email}).encode(),
+        headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=START_TIMEOUT_S) as response:
+        assert response.status == 201
+        return int(json.loads(response.read())["id"])
 
 
 @pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
-    template = tmp_path_factory.mktemp("docs") / "template.yaml"
-    template.write_text(
-        (ROOT / "template.yaml")
-        .read_text()
-        .replace("CodeUri: functions/", f"CodeUri: {ROOT}/functions/")
-        .replace("ContentUri: shared/", f"ContentUri: {ROOT}/shared/")
-    )
-    server = Dev(template)
-    try:
-        server.wait_until_ready()
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    # A template copy of its own: its state folder, signing key included, is the copy's.
+    with running_dev(template_copy(tmp_path_factory.mktemp("docs"))) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("name", ["swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"])
-def test_the_gateway_serves_each_asset_without_a_token_byte_for_byte(dev: Dev, name: str) -> None:
+def test_the_gateway_serves_each_asset_without_a_token_byte_for_byte(
+    dev: DevServer, name: str
+) -> None:
     # The page's files pass through the gateway, the worker and Mangum (the icon as base64)
     packaged = (resources.files("fastapi_offline") / "static" / name).read_bytes()
 
@@ -153,12 +79,12 @@ def test_the_gateway_serves_each_asset_without_a_token_byte_for_byte(dev: Dev, n
         assert answer.code == 304
 
 
-def test_docs_work_offline_and_try_it_out_gets_a_user_with_a_token(dev: Dev) -> None:
+def test_docs_work_offline_and_try_it_out_gets_a_user_with_a_token(dev: DevServer) -> None:
     from playwright.sync_api import Route, expect, sync_playwright
 
     # Given a user created through the API, and a token for its tenant
-    bearer = dev.token("alice")
-    user_id = dev.create_user(bearer, "Ada", "ada@example.com")
+    bearer = token("alice", template=dev.template)
+    user_id = create_user(dev, bearer, "Ada", "ada@example.com")
 
     outside: list[str] = []
 
