@@ -54,11 +54,19 @@ class GatewayLimits:
         return 2 * self.head_bytes
 
 
+#: The gateway's messages, fixed: Python 3.13 renamed some statuses' phrases after RFC 9110
+#: ("Content Too Large"), and what the gateway says must not depend on the Python it runs on.
+_MESSAGES: dict[int, str] = {
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "Request Entity Too Large",
+    HTTPStatus.REQUEST_URI_TOO_LONG: "Request-URI Too Long",
+}
+
+
 def gateway_error(
     status: int, message: str | None = None, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """An answer of the gateway's own, as API Gateway writes them: {"message":"Not Found"}."""
-    text = message if message is not None else HTTPStatus(status).phrase
+    text = message if message is not None else _MESSAGES.get(status, HTTPStatus(status).phrase)
     body = json.dumps({"message": text}, separators=(",", ":"))
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
