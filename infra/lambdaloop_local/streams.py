@@ -572,6 +572,8 @@ class StreamEventSource:
         self._shards: dict[str, _Shard] = {}
         self._checkpoints = {} if checkpoints is None else checkpoints
         self._started = False
+        # run() starts the source too: a caller's start() and run()'s may overlap.
+        self._starting = asyncio.Lock()
         self._described_at = -math.inf
 
     @property
@@ -583,13 +585,14 @@ class StreamEventSource:
     async def start(self) -> None:
         """List the stream's shards and take their starting positions (LATEST: the end of
         each shard now). run() and poll_once() start the source when this was not called."""
-        if self._started:
-            return
-        await self._describe(initial=True)
-        for shard in self._shards.values():
-            if not shard.ended:
-                shard.iterator = await self._open(shard)
-        self._started = True
+        async with self._starting:  # once: a second LATEST taken later would skip records
+            if self._started:
+                return
+            await self._describe(initial=True)
+            for shard in self._shards.values():
+                if not shard.ended:
+                    shard.iterator = await self._open(shard)
+            self._started = True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read until ``stop`` is set; it is noticed within a poll interval, after the batch
