@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dev_server import template_copy
 from lambdaloop_local.services import free_port
 
 ROOT = Path(__file__).parents[2]
@@ -282,24 +283,13 @@ def sam_environment() -> dict[str, str]:
     }
 
 
-def _template_copy(folder: Path) -> Path:
-    """template.yaml in a folder of its own: its dev's state (.lambdaloop/) is apart from any
-    other `lambdaloop dev` running on this checkout."""
-    template = folder / "template.yaml"
-    template.write_text(
-        (ROOT / "template.yaml")
-        .read_text()
-        .replace("CodeUri: functions/", f"CodeUri: {ROOT}/functions/")
-        .replace("ContentUri: shared/", f"ContentUri: {ROOT}/shared/")
-    )
-    return template
-
-
 @pytest.fixture(scope="module")
 def stack(setup: SamSetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`lambdaloop dev --services-only --host <address>` and its --env-vars file."""
     folder = tmp_path_factory.mktemp("sam-local")
-    template = _template_copy(folder)
+    # A template of its own: its dev's state (.lambdaloop/) is apart from any other
+    # `lambdaloop dev` running on this checkout.
+    template = template_copy(folder)
     dev = subprocess.Popen(
         [*CLI, "--template", str(template), *DEV_SERVICES, "--host", setup.listen],
         cwd=ROOT,
